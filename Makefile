@@ -1,0 +1,28 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+EXTRAS ?= test
+
+.PHONY: test demo bench clean venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Re-install when setup.py changes; the stamp records which extras were installed.
+$(VENV)/.installed-%: setup.py | $(PY)
+	$(PIP) install --quiet -e '.[$*]'
+	touch $@
+
+venv: $(VENV)/.installed-$(EXTRAS)
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

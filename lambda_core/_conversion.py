@@ -1,0 +1,85 @@
+"""Conversions between the name-term (NTV) domain and the index domain."""
+
+from operator import attrgetter
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+from scipy import sparse
+
+from ._index_map import IndexMap
+from ._indexed import IndexedDataset, IndexedModel
+from ._ntv import Feature, NameTerm, TrainingRecord
+
+_name_term = attrgetter("name", "term")
+_value = attrgetter("value")
+
+
+def nt_domain_data_to_index_domain_data(records: List[TrainingRecord], index_map: IndexMap) -> IndexedDataset:
+    """Build the design matrix (CSR, intercept in column 0 with value 1.0) for ``records``.
+
+    Every feature must already be in ``index_map`` (``IndexError`` otherwise). A (name, term)
+    repeated within one record is summed, as in the original library.
+    """
+    n = len(records)
+    lookup = index_map._nt_to_index  # hot path: one dict lookup per feature, no method call
+    columns, values, indptr = [], [], [0]
+    try:
+        for record in records:
+            features = record.features
+            columns.append(0)
+            values.append(1.0)
+            columns.extend([lookup[nt] for nt in map(_name_term, features)])
+            values.extend(map(_value, features))
+            indptr.append(len(columns))
+    except KeyError as err:
+        raise IndexError(f"NameTerm {err.args[0]} is not in the index map.") from None
+    X = sparse.csr_matrix(
+        (np.array(values, dtype=np.float64), np.array(columns, dtype=np.int32), np.array(indptr, dtype=np.int32)),
+        shape=(n, len(index_map)),
+    )
+    X.sum_duplicates()
+    labels = np.array([r.label for r in records], dtype=np.float64)
+    weights = np.array([r.weight for r in records], dtype=np.float64)
+    offsets = np.array([r.offset for r in records], dtype=np.float64)
+    return IndexedDataset(X, labels, weights, offsets)
+
+
+def nt_domain_coeffs_to_index_domain_coeffs(
+    coeff_means: Iterable[Feature],
+    coeff_variances: Optional[Iterable[Feature]],
+    index_map: IndexMap,
+    regularization_penalty: float,
+) -> IndexedModel:
+    """An IndexedModel from NTV means and variances.
+
+    Coefficients without a mean are 0; coefficients without a variance get prior precision
+    ``regularization_penalty``; a variance ``v`` becomes precision ``1/v`` (it must be > 0).
+    The Hessian is a sparse diagonal matrix.
+    """
+    d = len(index_map)
+    theta = np.zeros(d)
+    for f in coeff_means:
+        theta[index_map.get_index(f.name_term)] = f.value
+    precision = np.full(d, float(regularization_penalty))
+    for f in coeff_variances or ():
+        if not f.value > 0:
+            raise ValueError(f"Variance of {f.name_term} must be positive, got {f.value}.")
+        precision[index_map.get_index(f.name_term)] = 1.0 / f.value
+    return IndexedModel.with_diagonal_hessian(theta, precision)
+
+
+def index_domain_coeffs_to_nt_domain_coeffs(
+    model: IndexedModel, index_map: IndexMap
+) -> Tuple[Dict[NameTerm, float], Optional[Dict[NameTerm, float]]]:
+    """Means and variances (``1/H_ii``) as dicts keyed by (name, term).
+
+    Variances are None when the model has no Hessian.
+    """
+    nts = index_map.name_terms
+    means = dict(zip(nts, model.theta.tolist()))
+    diag = model.hessian_diagonal()
+    if diag is None:
+        return means, None
+    with np.errstate(divide="ignore"):
+        variances = dict(zip(nts, (1.0 / diag).tolist()))
+    return means, variances

@@ -1,0 +1,33 @@
+"""Packaging for lambda-learner-beam: incremental per-entity random effects on Apache Beam."""
+
+from setuptools import setup
+
+BEAM_VERSION = "2.77.0"
+
+setup(
+    name="lambda-learner-beam",
+    version="0.1.0",
+    description=(
+        "Keeps millions of small per-entity (random-effect) models fresh from a live event stream, "
+        "with sequential Bayesian updates, as an Apache Beam job."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="BSD-2-Clause",
+    python_requires=">=3.9",
+    packages=["lambda_core", "transforms", "pipeline"],
+    package_data={"transforms": ["schemas/*.avsc"]},
+    include_package_data=True,
+    install_requires=[
+        f"apache-beam=={BEAM_VERSION}",
+        "numpy>=1.22",
+        "scipy>=1.8",
+        "fastavro>=1.7",
+    ],
+    extras_require={
+        # lambda-learner 0.1.0 is the test oracle only: never imported by the library itself.
+        "test": ["pytest>=7", "hypothesis>=6", "lambda-learner==0.1.0"],
+        "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
+        "demo": ["matplotlib>=3.5"],
+    },
+)
