@@ -19,7 +19,10 @@ $(VENV)/.installed-%: setup.py | $(PY)
 venv: $(VENV)/.installed-$(EXTRAS)
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --doctest-modules lambda_core tests
+
+demo: $(VENV)/.installed-test
+	$(PY) -m pipeline.demo
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_core.py

@@ -9,27 +9,29 @@ from ._trainer import NewtonTrainer
 
 def logistic_labels(y: np.ndarray) -> np.ndarray:
     """Map labels in {0, 1} or {-1, +1} to {-1, +1}; anything else is a ``ValueError``."""
-    positive = y == 1.0
-    if not np.all(positive | (y == 0.0) | (y == -1.0)):
-        bad = y[~(positive | (y == 0.0) | (y == -1.0))][0]
-        raise ValueError(f"Logistic labels must be in {{0, 1}} or {{-1, +1}}; got {bad!r}.")
-    return np.where(positive, 1.0, -1.0)
+    # y^3 - y vanishes exactly on {-1, 0, 1} (and is NaN for NaN): one vectorised check.
+    valid = (y * y - 1.0) * y == 0.0
+    if not valid.all():
+        raise ValueError(f"Logistic labels must be in {{0, 1}} or {{-1, +1}}; got {y[~valid][0]!r}.")
+    return (y == 1.0) * 2.0 - 1.0
 
 
 class LogisticLoss:
     """Weighted logistic loss ``sum_i w_i log(1 + exp(-y_i m_i))``, overflow-free for any margin."""
 
     def _data_loss(self, margin):
-        return float(self.data.w @ np.logaddexp(0.0, -self._y * margin))
+        return float(self.data.w @ np.logaddexp(0.0, margin * self._neg_y))
 
     def _data_terms(self, margin):
-        z = self._y * margin
-        w = self.data.w
-        s = expit(-z)  # probability of the wrong label
-        return float(w @ np.logaddexp(0.0, -z)), -w * self._y * s, w * s * (1.0 - s)
+        neg_z = margin * self._neg_y
+        s = expit(neg_z)  # probability of the wrong label
+        ws = self.data.w * s
+        return float(self.data.w @ np.logaddexp(0.0, neg_z)), self._neg_y * ws, ws - ws * s
 
     def _labels(self, y):
-        return logistic_labels(y)
+        labels = logistic_labels(y)
+        self._neg_y = -labels
+        return labels
 
 
 class TrainerLogisticLossWithL2(LogisticLoss, NewtonTrainer):
