@@ -19,7 +19,7 @@ $(VENV)/.installed-%: setup.py | $(PY)
 venv: $(VENV)/.installed-$(EXTRAS)
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q --doctest-modules lambda_core tests
+	$(PY) -m pytest -q --doctest-modules lambda_core transforms tests
 
 demo: $(VENV)/.installed-test
 	$(PY) -m pipeline.demo

@@ -1,0 +1,234 @@
+"""Parsing and validation of training examples: every record becomes an Example or a dead letter.
+
+Parsing never raises on data. The checks follow Photon-ML's TrainingExampleAvro: entity id and event
+time come from a top-level field or from ``metadataMap``; weight defaults to 1 and offset to 0.
+"""
+
+import math
+import re
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
+
+from lambda_core import INTERCEPT
+
+from .formats import AVRO, NOT_JSON, decode_json_line, detect_format, expand, iter_avro
+
+PHOTON_INTERCEPT = ("(INTERCEPT)", "")
+RESERVED_FEATURES = (INTERCEPT, PHOTON_INTERCEPT)
+DEFAULT_MAX_FEATURES = 1000
+# Beam timestamps are microseconds in a signed 64-bit integer; stay well inside that range.
+MAX_TIMESTAMP_MS = 10**15
+_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
+
+Feature = Tuple[str, str, float]
+
+
+class Example(NamedTuple):
+    """One validated training example of an entity."""
+
+    entity_id: str
+    timestamp_ms: int
+    uid: Optional[str]
+    label: float
+    weight: float
+    offset: float
+    features: Tuple[Feature, ...]
+
+
+class DeadLetter(NamedTuple):
+    """A rejected input: a one-sentence reason, the stage that rejected it, the original payload."""
+
+    reason: str
+    stage: str
+    payload: Any
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON-lines form written to ``dead-letter/``."""
+        return {"reason": self.reason, "stage": self.stage, "payload": self.payload}
+
+
+class _Reject(Exception):
+    """Internal: carries the one-sentence reason a record is rejected."""
+
+
+class ExampleParser:
+    """Validates raw example records (dicts as read from Avro or JSON).
+
+    Parameters
+    ----------
+    entity_field, timestamp_field:
+        Where the entity id and the event time (epoch ms) are: a top-level field of that name,
+        else ``metadataMap[name]``.
+    binary_labels:
+        Require labels in {0, 1} or {-1, +1} (the logistic trainers); otherwise any finite label.
+    max_features:
+        Records with more features than this are rejected.
+
+    Examples
+    --------
+    >>> parser = ExampleParser("userId", "ts")
+    >>> parser.parse({"userId": 7, "ts": "1000", "label": 1, "features": []}).entity_id
+    '7'
+    >>> parser.parse({"userId": 7, "ts": 1000, "label": 3, "features": []}).reason
+    'label 3 is not in {0, 1} or {-1, +1}, as the logistic trainers require.'
+    """
+
+    def __init__(self, entity_field: str, timestamp_field: str, binary_labels: bool = True,
+                 max_features: int = DEFAULT_MAX_FEATURES):
+        self.entity_field = entity_field
+        self.timestamp_field = timestamp_field
+        self.binary_labels = binary_labels
+        self.max_features = max_features
+
+    def parse(self, record: Any) -> Union[Example, DeadLetter]:
+        """An ``Example``, or a ``DeadLetter`` (stage "parse") saying why not. Never raises."""
+        try:
+            return self._parse(record)
+        except _Reject as reject:
+            return DeadLetter(str(reject), "parse", record)
+        except Exception as err:  # a record shape nobody foresaw must still not stop the job
+            return DeadLetter(f"record could not be parsed ({type(err).__name__}: {err}).", "parse", _safe(record))
+
+    def parse_json_line(self, line: Union[bytes, str]) -> Union[Example, DeadLetter]:
+        """Parse one JSON-lines line; a line that is not JSON is a dead letter with the raw line."""
+        value = decode_json_line(line)
+        if value is NOT_JSON:
+            text = line if isinstance(line, str) else line.decode("utf-8", "backslashreplace")
+            return DeadLetter("line is not valid JSON.", "parse", text)
+        return self.parse(value)
+
+    def _parse(self, record: Any) -> Example:
+        if not isinstance(record, dict):
+            raise _Reject(f"record is a JSON {type(record).__name__}, not an object.")
+        metadata = record.get("metadataMap")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise _Reject("metadataMap is not a map.")
+        entity_id = _entity_id(_lookup(record, metadata, self.entity_field), self.entity_field)
+        timestamp = _timestamp(_lookup(record, metadata, self.timestamp_field), self.timestamp_field)
+        label = _number(record.get("label"), "label", required=True)
+        if self.binary_labels and label not in (0.0, 1.0, -1.0):
+            raise _Reject(f"label {_show(record.get('label'))} is not in {{0, 1}} or {{-1, +1}}, "
+                          "as the logistic trainers require.")
+        weight = _number(record.get("weight"), "weight", default=1.0)
+        if weight < 0:
+            raise _Reject(f"weight {_show(record.get('weight'))} is negative.")
+        offset = _number(record.get("offset"), "offset", default=0.0)
+        uid = record.get("uid")
+        if uid is not None:
+            if isinstance(uid, bool) or not isinstance(uid, (str, int)):
+                raise _Reject("uid is neither a string nor an integer.")
+            uid = str(uid)
+        features = self._features(record.get("features"))
+        return Example(entity_id, timestamp, uid, label, weight, offset, features)
+
+    def _features(self, raw: Any) -> Tuple[Feature, ...]:
+        if raw is None:
+            raise _Reject("features is missing.")
+        if not isinstance(raw, list):
+            raise _Reject("features is not a list.")
+        if len(raw) > self.max_features:
+            raise _Reject(f"record has {len(raw)} features, more than the limit of {self.max_features}.")
+        features = []
+        seen = set()
+        for i, f in enumerate(raw):
+            if not isinstance(f, dict):
+                raise _Reject(f"feature {i} is not a {{name, term, value}} object.")
+            name, term = f.get("name"), f.get("term")
+            if not isinstance(name, str):
+                raise _Reject(f"feature {i} has no string name.")
+            if term is None:
+                term = ""
+            elif not isinstance(term, str):
+                raise _Reject(f"feature {i} ({name!r}) has a term that is not a string.")
+            value = _number(f.get("value"), f"value of feature ({name!r}, {term!r})", required=True)
+            key = (name, term)
+            if key in seen:
+                raise _Reject(f"feature ({name!r}, {term!r}) appears more than once.")
+            if key in RESERVED_FEATURES:
+                raise _Reject(f"feature ({name!r}, {term!r}) is reserved for the intercept, which is added to every record.")
+            seen.add(key)
+            features.append((name, term, value))
+        return tuple(features)
+
+
+def _lookup(record: dict, metadata: Optional[dict], field: str):
+    value = record.get(field)
+    if value is None and metadata is not None:
+        value = metadata.get(field)
+    return value
+
+
+def _entity_id(value: Any, field: str) -> str:
+    if value is None:
+        raise _Reject(f"entity id field {field!r} is missing (neither a top-level field nor in metadataMap).")
+    if isinstance(value, bool):
+        raise _Reject(f"entity id {field!r} is a boolean.")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Reject(f"entity id {field!r} is not finite.")
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        if not value.strip():
+            raise _Reject(f"entity id {field!r} is empty.")
+        return value
+    raise _Reject(f"entity id {field!r} is a {type(value).__name__}, not a string or a number.")
+
+
+def _timestamp(value: Any, field: str) -> int:
+    if value is None:
+        raise _Reject(f"event time field {field!r} is missing (neither a top-level field nor in metadataMap).")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _Reject(f"event time {field!r} is {_show(value)}, not an integer of epoch milliseconds.")
+    if isinstance(value, str):
+        if not _INTEGER.match(value):
+            raise _Reject(f"event time {field!r} is {_show(value)}, not an integer of epoch milliseconds.")
+        value = int(value)
+    if not 0 <= value < MAX_TIMESTAMP_MS:
+        raise _Reject(f"event time {value} is outside [0, {MAX_TIMESTAMP_MS}) epoch milliseconds.")
+    return value
+
+
+def _number(value: Any, what: str, required: bool = False, default: float = 0.0) -> float:
+    if value is None:
+        if required:
+            raise _Reject(f"{what} is missing.")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Reject(f"{what} is {_show(value)}, not a number.")
+    value = float(value)
+    if not math.isfinite(value):
+        raise _Reject(f"{what} is {value}, not a finite number.")
+    return value
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _safe(record: Any) -> Any:
+    """A payload that can always be written: the record itself if JSON-like, else its repr."""
+    if isinstance(record, (dict, list, str, int, float, bool)) or record is None:
+        return record
+    return repr(record)
+
+
+def read_examples(pattern: str, parser: "ExampleParser", input_format: Optional[str] = None):
+    """Parse every record of the files matching ``pattern``: yields ``Example`` or ``DeadLetter``.
+
+    Avro and JSON-lines files are told apart by extension unless ``input_format`` says. Raises
+    ``FileNotFoundError`` when nothing matches (a user error, not a data error).
+    """
+    files = expand(pattern)
+    if not files:
+        raise FileNotFoundError(f"No input files match {pattern!r}.")
+    for path in files:
+        if detect_format(path, input_format) == AVRO:
+            for record in iter_avro(path):
+                yield parser.parse(record)
+        else:
+            with open(path, "rb") as f:
+                for line in f:
+                    if line.strip():
+                        yield parser.parse_json_line(line.rstrip(b"\r\n"))

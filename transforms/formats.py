@@ -1,0 +1,159 @@
+"""Avro schemas (Photon-ML / GDMix compatible) and file reading and writing helpers.
+
+Schemas are shipped as ``.avsc`` package data and parsed once per process. Files are Avro
+(``.avro``) or JSON lines (``.json``, ``.jsonl``, ``.ndjson``); anything else needs an explicit
+format.
+"""
+
+import functools
+import glob
+import io
+import json
+import math
+import os
+from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
+
+import fastavro
+
+SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
+NAMESPACE = "com.linkedin.photon.avro.generated"
+AVRO, JSON = "avro", "json"
+FORMATS = (AVRO, JSON)
+_EXTENSIONS = {".avro": AVRO, ".json": JSON, ".jsonl": JSON, ".ndjson": JSON}
+
+
+@functools.lru_cache(maxsize=None)
+def load_schema(name: str) -> dict:
+    """The parsed schema ``name`` (e.g. ``"BayesianLinearModelAvro"``), parsed once per process."""
+    with open(os.path.join(SCHEMA_DIR, f"{name}.avsc"), encoding="utf-8") as f:
+        return fastavro.parse_schema(json.load(f), _write_hint=True)
+
+
+def raw_schema(name: str) -> dict:
+    """The schema ``name`` as written in its ``.avsc`` file (unparsed JSON)."""
+    with open(os.path.join(SCHEMA_DIR, f"{name}.avsc"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def detect_format(path: str, explicit: Optional[str] = None) -> str:
+    """``avro`` or ``json`` for ``path``: the explicit format if given, else by extension."""
+    if explicit:
+        if explicit not in FORMATS:
+            raise ValueError(f"Unknown input format {explicit!r}: use one of {', '.join(FORMATS)}.")
+        return explicit
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _EXTENSIONS:
+        raise ValueError(
+            f"Cannot tell the format of {path!r} from its extension; name it .avro or .jsonl, or pass the format."
+        )
+    return _EXTENSIONS[ext]
+
+
+def expand(pattern: str) -> List[str]:
+    """Files matching a glob pattern, a single file, or every data file in a directory (sorted)."""
+    if os.path.isdir(pattern):
+        found = [
+            os.path.join(root, f)
+            for root, _, files in os.walk(pattern)
+            for f in files
+            if os.path.splitext(f)[1].lower() in _EXTENSIONS and not f.startswith((".", "_"))
+        ]
+    else:
+        found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+    return sorted(found)
+
+
+def iter_avro(path_or_file) -> Iterator[dict]:
+    """Records of an Avro container file, each as a dict in the writer's schema."""
+    if isinstance(path_or_file, (str, os.PathLike)):
+        with open(path_or_file, "rb") as f:
+            yield from fastavro.reader(f)
+    else:
+        yield from fastavro.reader(path_or_file)
+
+
+NOT_JSON = object()  # what decode_json_line returns for a line that is not JSON (``null`` is JSON)
+
+
+def iter_json_lines(path_or_file) -> Iterator[Tuple[Any, bytes]]:
+    """``(parsed value, raw line)`` for every non-blank line; the value is ``NOT_JSON`` if it is not JSON."""
+    close = False
+    if isinstance(path_or_file, (str, os.PathLike)):
+        path_or_file, close = open(path_or_file, "rb"), True
+    try:
+        for line in path_or_file:
+            if not line.strip():
+                continue
+            yield decode_json_line(line), line.rstrip(b"\r\n")
+    finally:
+        if close:
+            path_or_file.close()
+
+
+def decode_json_line(line: Union[bytes, str]) -> Any:
+    """The JSON value of one line, or ``NOT_JSON`` if it is not valid UTF-8 JSON."""
+    try:
+        return json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
+        return NOT_JSON
+
+
+def write_avro(path_or_file, schema_name: str, records: Iterable[dict], codec: str = "deflate") -> int:
+    """Write ``records`` with schema ``schema_name``; return how many were written."""
+    schema = load_schema(schema_name)
+    counted = _Counter(records)
+    if isinstance(path_or_file, (str, os.PathLike)):
+        os.makedirs(os.path.dirname(os.path.abspath(path_or_file)), exist_ok=True)
+        with open(path_or_file, "wb") as f:
+            fastavro.writer(f, schema, counted, codec=codec)
+    else:
+        fastavro.writer(path_or_file, schema, counted, codec=codec)
+    return counted.count
+
+
+def write_json_lines(path: str, records: Iterable[Any]) -> int:
+    """Write one JSON document per line; return how many were written."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(to_json(record))
+            f.write("\n")
+            count += 1
+    return count
+
+
+def to_json(value: Any) -> str:
+    """Strict JSON (no NaN/Infinity literals: non-finite numbers become strings)."""
+    try:
+        return json.dumps(value, allow_nan=False, sort_keys=True, ensure_ascii=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False, sort_keys=True, ensure_ascii=False)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class _Counter:
+    def __init__(self, records):
+        self._records = records
+        self.count = 0
+
+    def __iter__(self):
+        for record in self._records:
+            self.count += 1
+            yield record
+
+
+def avro_bytes(schema_name: str, records: Iterable[dict]) -> bytes:
+    """An Avro container file in memory (for sinks that write bytes)."""
+    buffer = io.BytesIO()
+    write_avro(buffer, schema_name, records)
+    return buffer.getvalue()

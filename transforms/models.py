@@ -1,0 +1,284 @@
+"""Per-entity random-effect models: reading Photon-ML/GDMix model files, validating them, and
+writing update records and snapshots in Photon's GAME layout.
+
+A ``RandomEffectModel`` holds one entity's coefficients by (name, term), the intercept first as
+the core's ``("intercept", "intercept")``, with their precision (the Hessian diagonal).
+"""
+
+import math
+import os
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from lambda_core import INTERCEPT
+
+from .examples import PHOTON_INTERCEPT, DeadLetter
+from .formats import AVRO, NOT_JSON, detect_format, expand, iter_avro, iter_json_lines, write_avro
+
+NameTerm = Tuple[str, str]
+LOGISTIC_MODEL_CLASS = "com.linkedin.photon.ml.supervised.classification.LogisticRegressionModel"
+LINEAR_MODEL_CLASS = "com.linkedin.photon.ml.supervised.regression.LinearRegressionModel"
+DEFAULT_MAX_COEFFICIENTS = 100_000
+ID_INFO = "id-info"
+COEFFICIENTS = "coefficients"
+
+
+class RandomEffectModel(NamedTuple):
+    """One entity's model: feature keys (intercept first), means, precisions (1/variance), version."""
+
+    entity_id: str
+    feature_names: Tuple[NameTerm, ...]
+    means: np.ndarray
+    precisions: np.ndarray
+    version: int = 0
+    window_end_ms: int = 0
+
+    def variances(self) -> np.ndarray:
+        """Coefficient variances, ``1/H_ii``."""
+        return 1.0 / self.precisions
+
+    def coefficient(self, name: str, term: str = "") -> Tuple[float, float]:
+        """(mean, variance) of one coefficient; (0, 1/penalty is unknown here) raises KeyError if absent."""
+        i = self.feature_names.index((name, term))
+        return float(self.means[i]), float(1.0 / self.precisions[i])
+
+
+def cold_model(entity_id: str, penalty: float) -> RandomEffectModel:
+    """The model of an entity never seen before: theta = 0, H = penalty * I (intercept only)."""
+    return RandomEffectModel(entity_id, (INTERCEPT,), np.zeros(1), np.full(1, float(penalty)))
+
+
+def _core_name(name: str, term: str) -> NameTerm:
+    return INTERCEPT if (name, term) in (PHOTON_INTERCEPT, INTERCEPT) else (name, term)
+
+
+class _InvalidModel(Exception):
+    """Internal: carries the one-sentence reason a model record is rejected."""
+
+
+class ModelParser:
+    """Validates ``BayesianLinearModelAvro`` records into ``RandomEffectModel`` s.
+
+    Either intercept convention (Photon's ``("(INTERCEPT)", "")`` or ``("intercept", "intercept")``)
+    maps to the core's intercept. A model without ``variances`` gets precision ``penalty`` for every
+    coefficient. Non-finite means, non-positive or non-finite variances, duplicate coefficients and
+    more than ``max_coefficients`` coefficients make a dead letter (stage "model").
+    """
+
+    def __init__(self, penalty: float, max_coefficients: int = DEFAULT_MAX_COEFFICIENTS):
+        self.penalty = float(penalty)
+        self.max_coefficients = max_coefficients
+
+    def parse(self, record: Any) -> Union[RandomEffectModel, DeadLetter]:
+        """A ``RandomEffectModel`` or a ``DeadLetter``; never raises."""
+        try:
+            return self._parse(record)
+        except _InvalidModel as err:
+            return DeadLetter(str(err), "model", record)
+        except Exception as err:  # an unforeseen record shape must not stop the job
+            return DeadLetter(f"model record could not be read ({type(err).__name__}: {err}).", "model",
+                              record if isinstance(record, dict) else repr(record))
+
+    def _parse(self, record: Any) -> RandomEffectModel:
+        if not isinstance(record, dict):
+            raise _InvalidModel(f"model record is a {type(record).__name__}, not an object.")
+        entity = record.get("modelId")
+        if isinstance(entity, bool) or not isinstance(entity, (str, int)) or not str(entity).strip():
+            raise _InvalidModel("model has no modelId (the entity id).")
+        entity = str(entity)
+        means = record.get("means")
+        if not isinstance(means, list):
+            raise _InvalidModel(f"model {entity} has no list of means.")
+        variances = record.get("variances")
+        if variances is not None and not isinstance(variances, list):
+            raise _InvalidModel(f"model {entity} has variances that are not a list.")
+        count = len(means) + len(variances or ())
+        if len(means) > self.max_coefficients or len(variances or ()) > self.max_coefficients:
+            raise _InvalidModel(f"model {entity} has {count} coefficient entries, more than the limit of "
+                             f"{self.max_coefficients}.")
+        index: Dict[NameTerm, int] = {INTERCEPT: 0}
+        names: List[NameTerm] = [INTERCEPT]
+        mean_values = [0.0]
+        seen_means = set()
+        for ntv in means:
+            key, value = self._ntv(ntv, entity, "mean")
+            if not math.isfinite(value):
+                raise _InvalidModel(f"model {entity} has a non-finite mean {value} for {key}.")
+            if key in seen_means:
+                raise _InvalidModel(f"model {entity} lists the mean of {key} more than once.")
+            seen_means.add(key)
+            if key not in index:
+                index[key] = len(names)
+                names.append(key)
+                mean_values.append(value)
+            else:
+                mean_values[index[key]] = value
+        precisions = [self.penalty] * len(names)
+        seen_variances = set()
+        for ntv in variances or ():
+            key, value = self._ntv(ntv, entity, "variance")
+            if not (math.isfinite(value) and value > 0 and math.isfinite(1.0 / value)):
+                raise _InvalidModel(f"model {entity} has variance {value} for {key}; variances must be finite, "
+                                    "> 0 and have a finite inverse.")
+            if key in seen_variances:
+                raise _InvalidModel(f"model {entity} lists the variance of {key} more than once.")
+            seen_variances.add(key)
+            if key not in index:  # a variance without a mean: the mean is 0
+                index[key] = len(names)
+                names.append(key)
+                mean_values.append(0.0)
+                precisions.append(1.0 / value)
+            else:
+                precisions[index[key]] = 1.0 / value
+        version = record.get("version") or 0
+        window_end = record.get("windowEnd") or 0
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise _InvalidModel(f"model {entity} has an invalid version {version!r}.")
+        if isinstance(window_end, bool) or not isinstance(window_end, int):
+            raise _InvalidModel(f"model {entity} has an invalid windowEnd {window_end!r}.")
+        return RandomEffectModel(entity, tuple(names), np.array(mean_values), np.array(precisions),
+                                 version, window_end)
+
+    @staticmethod
+    def _ntv(ntv: Any, entity: str, what: str) -> Tuple[NameTerm, float]:
+        if not isinstance(ntv, dict):
+            raise _InvalidModel(f"model {entity} has a {what} that is not a name-term-value record.")
+        name, term, value = ntv.get("name"), ntv.get("term"), ntv.get("value")
+        term = "" if term is None else term
+        if not isinstance(name, str) or not isinstance(term, str):
+            raise _InvalidModel(f"model {entity} has a {what} whose name or term is not a string.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _InvalidModel(f"model {entity} has a {what} of ({name}, {term}) that is not a number.")
+        return _core_name(name, term), float(value)
+
+
+def model_files(path: str) -> List[str]:
+    """The model files under ``path``: a GAME coordinate directory (``coefficients/part-*``), a GDMix
+    ``models/`` directory, a directory tree of model files, a single file, or a glob."""
+    if os.path.isdir(path):
+        coefficients = os.path.join(path, COEFFICIENTS)
+        files = expand(coefficients if os.path.isdir(coefficients) else path)
+    else:
+        files = expand(path)
+    if not files:
+        raise FileNotFoundError(f"No model files (.avro or .jsonl) found at {path!r}.")
+    return files
+
+
+def read_model_records(path: str, input_format: Optional[str] = None) -> Iterator[Any]:
+    """Every raw model record under ``path`` (see ``model_files``); non-JSON lines come as text."""
+    for file in model_files(path):
+        if detect_format(file, input_format) == AVRO:
+            yield from iter_avro(file)
+        else:
+            for value, raw in iter_json_lines(file):
+                yield value if value is not NOT_JSON else raw.decode("utf-8", "backslashreplace")
+
+
+def newer(a: RandomEffectModel, b: RandomEffectModel) -> RandomEffectModel:
+    """Of two models of one entity, the later: higher version, then later window, then more data."""
+    key_a = (a.version, a.window_end_ms, len(a.feature_names), a.means.tobytes())
+    key_b = (b.version, b.window_end_ms, len(b.feature_names), b.means.tobytes())
+    return a if key_a >= key_b else b
+
+
+def load_models(path: str, penalty: float, max_coefficients: int = DEFAULT_MAX_COEFFICIENTS,
+                input_format: Optional[str] = None) -> Tuple[Dict[str, RandomEffectModel], List[DeadLetter]]:
+    """All valid models under ``path`` by entity (the newest when an entity appears more than once,
+    as in an update stream) and the dead letters of the invalid ones."""
+    parser = ModelParser(penalty, max_coefficients)
+    models: Dict[str, RandomEffectModel] = {}
+    dead: List[DeadLetter] = []
+    for record in read_model_records(path, input_format):
+        parsed = parser.parse(record)
+        if isinstance(parsed, DeadLetter):
+            dead.append(parsed)
+        else:
+            current = models.get(parsed.entity_id)
+            models[parsed.entity_id] = parsed if current is None else newer(current, parsed)
+    return models, dead
+
+
+def model_class(trainer: str) -> str:
+    """Photon's model class name for one of our trainers."""
+    return LINEAR_MODEL_CLASS if trainer == "linear" else LOGISTIC_MODEL_CLASS
+
+
+def _ntv_list(names: Sequence[NameTerm], values: Iterable[float]) -> List[dict]:
+    out = []
+    for (name, term), value in zip(names, values):
+        if (name, term) == INTERCEPT:
+            name, term = PHOTON_INTERCEPT
+        out.append({"name": name, "term": term, "value": float(value)})
+    return out
+
+
+def model_record(model: RandomEffectModel, trainer: str = "sequential_bayesian_logistic",
+                 sparsity_threshold: float = 0.0) -> dict:
+    """The ``BayesianLinearModelAvro`` record of a model, intercept first as ``("(INTERCEPT)", "")``.
+
+    Coefficients with ``|mean| < sparsity_threshold`` are dropped (never the intercept); the default
+    0 keeps all of them.
+    """
+    keep = [i for i, nt in enumerate(model.feature_names)
+            if nt == INTERCEPT or not abs(model.means[i]) < sparsity_threshold]
+    # The intercept is index 0 of every model we build; keep it first whatever the input order was.
+    keep.sort(key=lambda i: model.feature_names[i] != INTERCEPT)
+    names = [model.feature_names[i] for i in keep]
+    return {
+        "modelId": model.entity_id,
+        "modelClass": model_class(trainer),
+        "means": _ntv_list(names, model.means[keep]),
+        "variances": _ntv_list(names, 1.0 / model.precisions[keep]),
+        "lossFunction": "",
+    }
+
+
+def update_record(model: RandomEffectModel, *, num_examples: int, loss: Optional[float], converged: bool,
+                  coordinate: str, trainer: str = "sequential_bayesian_logistic") -> dict:
+    """The record of one model update (``ModelUpdateAvro``: the Photon record plus bookkeeping)."""
+    record = model_record(model, trainer)
+    record.update(
+        version=int(model.version),
+        windowEnd=int(model.window_end_ms),
+        numExamples=int(num_examples),
+        loss=None if loss is None or not math.isfinite(loss) else float(loss),
+        converged=bool(converged),
+        coordinate=coordinate,
+    )
+    return record
+
+
+def write_id_info(coordinate_dir: str, entity_field: str, feature_shard: str) -> str:
+    """Photon's ``id-info``: the entity field and the feature shard, one per line."""
+    os.makedirs(coordinate_dir, exist_ok=True)
+    path = os.path.join(coordinate_dir, ID_INFO)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{entity_field}\n{feature_shard}\n")
+    return path
+
+
+def coordinate_dir(output: str, coordinate: str) -> str:
+    """``<output>/random-effect/<coordinate>``: Photon's GAME layout."""
+    return os.path.join(output, "random-effect", coordinate)
+
+
+def write_snapshot(models: Iterable[RandomEffectModel], output: str, coordinate: str, entity_field: str,
+                   feature_shard: str = "features", trainer: str = "sequential_bayesian_logistic",
+                   records_per_part: int = 100_000, sparsity_threshold: float = 0.0) -> Dict[str, Any]:
+    """Write the latest model of every entity in Photon's GAME layout under ``output``.
+
+    Writes ``random-effect/<coordinate>/id-info`` and ``coefficients/part-NNNNN.avro`` (entities in
+    sorted order, so the files are reproducible); returns the paths and the count.
+    """
+    base = coordinate_dir(output, coordinate)
+    write_id_info(base, entity_field, feature_shard)
+    ordered = sorted(models, key=lambda m: m.entity_id)
+    parts = []
+    for part, start in enumerate(range(0, max(len(ordered), 1), records_per_part)):
+        chunk = ordered[start:start + records_per_part]
+        path = os.path.join(base, COEFFICIENTS, f"part-{part:05d}.avro")
+        write_avro(path, "BayesianLinearModelAvro", (model_record(m, trainer, sparsity_threshold) for m in chunk))
+        parts.append(path)
+    return {"directory": base, "parts": parts, "models": len(ordered)}
