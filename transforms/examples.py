@@ -35,11 +35,13 @@ class Example(NamedTuple):
 
 
 class DeadLetter(NamedTuple):
-    """A rejected input: a one-sentence reason, the stage that rejected it, the original payload."""
+    """A rejected input: a one-sentence reason, the stage that rejected it, the original payload,
+    and a short category (for counters: ``label``, ``timestamp``, ``not_json``, ...)."""
 
     reason: str
     stage: str
     payload: Any
+    category: str = "invalid"
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON-lines form written to ``dead-letter/``."""
@@ -47,7 +49,11 @@ class DeadLetter(NamedTuple):
 
 
 class _Reject(Exception):
-    """Internal: carries the one-sentence reason a record is rejected."""
+    """Internal: carries the one-sentence reason a record is rejected, and its category."""
+
+    def __init__(self, reason: str, category: str):
+        super().__init__(reason)
+        self.category = category
 
 
 class ExampleParser:
@@ -84,67 +90,69 @@ class ExampleParser:
         try:
             return self._parse(record)
         except _Reject as reject:
-            return DeadLetter(str(reject), "parse", record)
+            return DeadLetter(str(reject), "parse", record, reject.category)
         except Exception as err:  # a record shape nobody foresaw must still not stop the job
-            return DeadLetter(f"record could not be parsed ({type(err).__name__}: {err}).", "parse", _safe(record))
+            return DeadLetter(f"record could not be parsed ({type(err).__name__}: {err}).", "parse", _safe(record),
+                              "error")
 
     def parse_json_line(self, line: Union[bytes, str]) -> Union[Example, DeadLetter]:
         """Parse one JSON-lines line; a line that is not JSON is a dead letter with the raw line."""
         value = decode_json_line(line)
         if value is NOT_JSON:
             text = line if isinstance(line, str) else line.decode("utf-8", "backslashreplace")
-            return DeadLetter("line is not valid JSON.", "parse", text)
+            return DeadLetter("line is not valid JSON.", "parse", text, "not_json")
         return self.parse(value)
 
     def _parse(self, record: Any) -> Example:
         if not isinstance(record, dict):
-            raise _Reject(f"record is a JSON {type(record).__name__}, not an object.")
+            raise _Reject(f"record is a JSON {type(record).__name__}, not an object.", "not_object")
         metadata = record.get("metadataMap")
         if metadata is not None and not isinstance(metadata, dict):
-            raise _Reject("metadataMap is not a map.")
+            raise _Reject("metadataMap is not a map.", "metadata")
         entity_id = _entity_id(_lookup(record, metadata, self.entity_field), self.entity_field)
         timestamp = _timestamp(_lookup(record, metadata, self.timestamp_field), self.timestamp_field)
         label = _number(record.get("label"), "label", required=True)
         if self.binary_labels and label not in (0.0, 1.0, -1.0):
             raise _Reject(f"label {_show(record.get('label'))} is not in {{0, 1}} or {{-1, +1}}, "
-                          "as the logistic trainers require.")
+                          "as the logistic trainers require.", "label")
         weight = _number(record.get("weight"), "weight", default=1.0)
         if weight < 0:
-            raise _Reject(f"weight {_show(record.get('weight'))} is negative.")
+            raise _Reject(f"weight {_show(record.get('weight'))} is negative.", "weight")
         offset = _number(record.get("offset"), "offset", default=0.0)
         uid = record.get("uid")
         if uid is not None:
             if isinstance(uid, bool) or not isinstance(uid, (str, int)):
-                raise _Reject("uid is neither a string nor an integer.")
+                raise _Reject("uid is neither a string nor an integer.", "uid")
             uid = str(uid)
         features = self._features(record.get("features"))
         return Example(entity_id, timestamp, uid, label, weight, offset, features)
 
     def _features(self, raw: Any) -> Tuple[Feature, ...]:
         if raw is None:
-            raise _Reject("features is missing.")
+            raise _Reject("features is missing.", "features")
         if not isinstance(raw, list):
-            raise _Reject("features is not a list.")
+            raise _Reject("features is not a list.", "features")
         if len(raw) > self.max_features:
-            raise _Reject(f"record has {len(raw)} features, more than the limit of {self.max_features}.")
+            raise _Reject(f"record has {len(raw)} features, more than the limit of {self.max_features}.", "features")
         features = []
         seen = set()
         for i, f in enumerate(raw):
             if not isinstance(f, dict):
-                raise _Reject(f"feature {i} is not a {{name, term, value}} object.")
+                raise _Reject(f"feature {i} is not a {{name, term, value}} object.", "features")
             name, term = f.get("name"), f.get("term")
             if not isinstance(name, str):
-                raise _Reject(f"feature {i} has no string name.")
+                raise _Reject(f"feature {i} has no string name.", "features")
             if term is None:
                 term = ""
             elif not isinstance(term, str):
-                raise _Reject(f"feature {i} ({name!r}) has a term that is not a string.")
-            value = _number(f.get("value"), f"value of feature ({name!r}, {term!r})", required=True)
+                raise _Reject(f"feature {i} ({name!r}) has a term that is not a string.", "features")
+            value = _number(f.get("value"), f"value of feature ({name!r}, {term!r})", required=True,
+                            category="features")
             key = (name, term)
             if key in seen:
-                raise _Reject(f"feature ({name!r}, {term!r}) appears more than once.")
+                raise _Reject(f"feature ({name!r}, {term!r}) appears more than once.", "features")
             if key in RESERVED_FEATURES:
-                raise _Reject(f"feature ({name!r}, {term!r}) is reserved for the intercept, which is added to every record.")
+                raise _Reject(f"feature ({name!r}, {term!r}) is reserved for the intercept, which is added to every record.", "features")
             seen.add(key)
             features.append((name, term, value))
         return tuple(features)
@@ -159,46 +167,47 @@ def _lookup(record: dict, metadata: Optional[dict], field: str):
 
 def _entity_id(value: Any, field: str) -> str:
     if value is None:
-        raise _Reject(f"entity id field {field!r} is missing (neither a top-level field nor in metadataMap).")
+        raise _Reject(f"entity id field {field!r} is missing (neither a top-level field nor in metadataMap).", "entity_id")
     if isinstance(value, bool):
-        raise _Reject(f"entity id {field!r} is a boolean.")
+        raise _Reject(f"entity id {field!r} is a boolean.", "entity_id")
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _Reject(f"entity id {field!r} is not finite.")
+            raise _Reject(f"entity id {field!r} is not finite.", "entity_id")
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, str):
         if not value.strip():
-            raise _Reject(f"entity id {field!r} is empty.")
+            raise _Reject(f"entity id {field!r} is empty.", "entity_id")
         return value
-    raise _Reject(f"entity id {field!r} is a {type(value).__name__}, not a string or a number.")
+    raise _Reject(f"entity id {field!r} is a {type(value).__name__}, not a string or a number.", "entity_id")
 
 
 def _timestamp(value: Any, field: str) -> int:
     if value is None:
-        raise _Reject(f"event time field {field!r} is missing (neither a top-level field nor in metadataMap).")
+        raise _Reject(f"event time field {field!r} is missing (neither a top-level field nor in metadataMap).", "timestamp")
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _Reject(f"event time {field!r} is {_show(value)}, not an integer of epoch milliseconds.")
+        raise _Reject(f"event time {field!r} is {_show(value)}, not an integer of epoch milliseconds.", "timestamp")
     if isinstance(value, str):
         if not _INTEGER.match(value):
-            raise _Reject(f"event time {field!r} is {_show(value)}, not an integer of epoch milliseconds.")
+            raise _Reject(f"event time {field!r} is {_show(value)}, not an integer of epoch milliseconds.", "timestamp")
         value = int(value)
     if not 0 <= value < MAX_TIMESTAMP_MS:
-        raise _Reject(f"event time {value} is outside [0, {MAX_TIMESTAMP_MS}) epoch milliseconds.")
+        raise _Reject(f"event time {value} is outside [0, {MAX_TIMESTAMP_MS}) epoch milliseconds.", "timestamp")
     return value
 
 
-def _number(value: Any, what: str, required: bool = False, default: float = 0.0) -> float:
+def _number(value: Any, what: str, required: bool = False, default: float = 0.0, category: str = "") -> float:
+    category = category or what
     if value is None:
         if required:
-            raise _Reject(f"{what} is missing.")
+            raise _Reject(f"{what} is missing.", category)
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Reject(f"{what} is {_show(value)}, not a number.")
+        raise _Reject(f"{what} is {_show(value)}, not a number.", category)
     value = float(value)
     if not math.isfinite(value):
-        raise _Reject(f"{what} is {value}, not a finite number.")
+        raise _Reject(f"{what} is {value}, not a finite number.", category)
     return value
 
 

@@ -25,23 +25,31 @@ COEFFICIENTS = "coefficients"
 
 
 class RandomEffectModel(NamedTuple):
-    """One entity's model: feature keys (intercept first), means, precisions (1/variance), version."""
+    """One entity's model.
+
+    ``feature_names`` are (name, term) keys with the intercept first; ``means`` the coefficients;
+    ``precisions`` the Hessian diagonal (``1/variance``), or None for a model kept without a Hessian;
+    ``precision_matrix`` the full Hessian when the job keeps one (``--hessian=full``); ``version``
+    counts updates; ``window_end_ms`` is the end of the last mini-batch trained (0 if none).
+    """
 
     entity_id: str
     feature_names: Tuple[NameTerm, ...]
     means: np.ndarray
-    precisions: np.ndarray
+    precisions: Optional[np.ndarray]
     version: int = 0
     window_end_ms: int = 0
+    precision_matrix: Optional[np.ndarray] = None
 
-    def variances(self) -> np.ndarray:
-        """Coefficient variances, ``1/H_ii``."""
-        return 1.0 / self.precisions
+    def variances(self) -> Optional[np.ndarray]:
+        """Coefficient variances, ``1/H_ii`` (None without a Hessian)."""
+        return None if self.precisions is None else 1.0 / self.precisions
 
-    def coefficient(self, name: str, term: str = "") -> Tuple[float, float]:
-        """(mean, variance) of one coefficient; (0, 1/penalty is unknown here) raises KeyError if absent."""
+    def coefficient(self, name: str, term: str = "") -> Tuple[float, Optional[float]]:
+        """(mean, variance) of one coefficient; ``ValueError`` if the model does not have it."""
         i = self.feature_names.index((name, term))
-        return float(self.means[i]), float(1.0 / self.precisions[i])
+        variance = None if self.precisions is None else float(1.0 / self.precisions[i])
+        return float(self.means[i]), variance
 
 
 def cold_model(entity_id: str, penalty: float) -> RandomEffectModel:
@@ -75,10 +83,10 @@ class ModelParser:
         try:
             return self._parse(record)
         except _InvalidModel as err:
-            return DeadLetter(str(err), "model", record)
+            return DeadLetter(str(err), "model", record, "model")
         except Exception as err:  # an unforeseen record shape must not stop the job
             return DeadLetter(f"model record could not be read ({type(err).__name__}: {err}).", "model",
-                              record if isinstance(record, dict) else repr(record))
+                              record if isinstance(record, dict) else repr(record), "model")
 
     def _parse(self, record: Any) -> RandomEffectModel:
         if not isinstance(record, dict):
@@ -230,7 +238,7 @@ def model_record(model: RandomEffectModel, trainer: str = "sequential_bayesian_l
         "modelId": model.entity_id,
         "modelClass": model_class(trainer),
         "means": _ntv_list(names, model.means[keep]),
-        "variances": _ntv_list(names, 1.0 / model.precisions[keep]),
+        "variances": None if model.precisions is None else _ntv_list(names, 1.0 / model.precisions[keep]),
         "lossFunction": "",
     }
 

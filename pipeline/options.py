@@ -1,0 +1,109 @@
+"""The job's command-line options, as a Beam ``PipelineOptions`` subclass, and their validation."""
+
+import argparse
+import math
+from typing import List
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from transforms.update import HESSIANS, TRAINERS
+
+
+class UsageError(Exception):
+    """A mistake in the command line: reported as one line on stderr with exit code 2."""
+
+
+class LambdaLearnerOptions(PipelineOptions):
+    """Options of ``python -m pipeline`` (any Beam option may be given too)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add = parser.add_argument
+        add("--input", dest="input", help="glob of example files (.avro or .jsonl)")
+        add("--input-format", dest="input_format", choices=["avro", "json"], help="override the extension")
+        add("--input-subscription", dest="input_subscription",
+            help="Pub/Sub subscription of JSON examples (projects/P/subscriptions/S), instead of --input")
+        add("--watch", dest="watch", action="store_true", help="keep following --input for new files (streaming)")
+        add("--watch-interval-seconds", dest="watch_interval_seconds", type=float, default=10.0)
+        add("--output", dest="output", help="output directory (local or gs://)")
+        add("--initial-models", dest="initial_models", help="Photon/GDMix model directory, file or glob")
+        add("--entity-field", dest="entity_field", help="field (or metadataMap key) holding the entity id")
+        add("--timestamp-field", dest="timestamp_field", help="field (or metadataMap key) with event time, epoch ms")
+        add("--trainer", dest="trainer", default="sequential_bayesian_logistic", help=f"one of {', '.join(TRAINERS)}")
+        add("--penalty", dest="penalty", type=float, default=10.0, help="L2 penalty (prior precision) lambda")
+        add("--forgetting-factor", dest="forgetting_factor", type=float, default=0.8, help="delta in [0, 1]")
+        add("--hessian", dest="hessian", default="diagonal", help=f"one of {', '.join(HESSIANS)}")
+        add("--minibatch-seconds", dest="minibatch_seconds", type=float, default=60.0)
+        add("--max-minibatch-size", dest="max_minibatch_size", type=int, default=10000)
+        add("--coordinate", dest="coordinate", help="random-effect coordinate name (default: the entity field)")
+        add("--feature-shard", dest="feature_shard", default="features", help="feature shard name for id-info")
+        add("--max-features", dest="max_features", type=int, default=1000, help="per example")
+        add("--max-model-coefficients", dest="max_model_coefficients", type=int, default=100_000)
+        add("--output-window-seconds", dest="output_window_seconds", type=float, default=60.0,
+            help="streaming: event-time window of the update and dead-letter files")
+        add("--validation-bucket-seconds", dest="validation_bucket_seconds", type=float, default=3600.0,
+            help="event-time bucket of the progressive-validation report")
+        add("--snapshot-shards", dest="snapshot_shards", type=int, default=1)
+
+
+def _all_options_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    seen = set()
+
+    def visit(cls):
+        for sub in cls.__subclasses__():
+            if sub not in seen:
+                seen.add(sub)
+                try:
+                    sub._add_argparse_args(parser)
+                except argparse.ArgumentError:
+                    pass  # an option class registered twice (re-imported module): already added
+                visit(sub)
+
+    visit(PipelineOptions)
+    return parser
+
+
+def parse_options(argv: List[str]) -> PipelineOptions:
+    """Options from ``argv``; ``UsageError`` for unknown flags or invalid values."""
+    try:
+        _, unknown = _all_options_parser().parse_known_args(argv)
+    except SystemExit:
+        raise UsageError(f"could not parse the command line {' '.join(argv)!r}; see --help.") from None
+    if unknown:
+        raise UsageError(f"unknown flag(s) {' '.join(unknown)}; see python -m pipeline --help.")
+    options = PipelineOptions(argv)
+    validate(options)
+    return options
+
+
+def validate(options: PipelineOptions) -> None:
+    """Check the values a user can get wrong; ``UsageError`` names the flag and what to do."""
+    o = options.view_as(LambdaLearnerOptions)
+    if not o.input and not o.input_subscription:
+        raise UsageError("--input (a glob of example files) or --input-subscription is required.")
+    if o.input and o.input_subscription:
+        raise UsageError("give --input or --input-subscription, not both.")
+    for flag, value in (("--output", o.output), ("--entity-field", o.entity_field),
+                        ("--timestamp-field", o.timestamp_field)):
+        if not value:
+            raise UsageError(f"{flag} is required.")
+    if o.trainer not in TRAINERS:
+        raise UsageError(f"--trainer must be one of {', '.join(TRAINERS)}, got {o.trainer!r}.")
+    if o.hessian not in HESSIANS:
+        raise UsageError(f"--hessian must be one of {', '.join(HESSIANS)}, got {o.hessian!r}.")
+    if not (math.isfinite(o.penalty) and o.penalty >= 0):
+        raise UsageError(f"--penalty must be a finite number >= 0, got {o.penalty}.")
+    if not (math.isfinite(o.forgetting_factor) and 0 <= o.forgetting_factor <= 1):
+        raise UsageError(f"--forgetting-factor must be in [0, 1], got {o.forgetting_factor}.")
+    if not (math.isfinite(o.minibatch_seconds) and o.minibatch_seconds > 0):
+        raise UsageError(f"--minibatch-seconds must be > 0, got {o.minibatch_seconds}.")
+    for flag, value in (("--max-minibatch-size", o.max_minibatch_size), ("--max-features", o.max_features),
+                        ("--max-model-coefficients", o.max_model_coefficients),
+                        ("--snapshot-shards", o.snapshot_shards)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}.")
+    if o.watch and not o.input:
+        raise UsageError("--watch follows --input; give --input.")
+    if (o.watch or o.input_subscription) and not options.view_as(StandardOptions).streaming:
+        options.view_as(StandardOptions).streaming = True

@@ -1,0 +1,281 @@
+"""The stateful heart of the job: per-entity mini-batches in event time, trained with lambda_core.
+
+``UpdateRandomEffects`` takes raw example records (dicts as read from Avro or JSON lines) and,
+optionally, initial model records, and returns ``.updates`` (model-update dicts),
+``.dead_letters`` and ``.validation`` (per-update progressive-validation records).
+"""
+
+import time
+from collections import defaultdict
+from typing import Any, Dict, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.coders import BytesCoder, VarIntCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+
+from .examples import DeadLetter, Example, ExampleParser
+from .models import ModelParser, model_record, newer, update_record
+from .state import (
+    EXAMPLE_TAG,
+    MODEL_TAG,
+    ModelStateCoder,
+    buffer_batch_end,
+    buffer_entry,
+    decode_buffer_entry,
+    decode_model,
+    encode_example,
+    encode_model,
+    example_timestamp,
+)
+from .update import UpdateConfig, chunks, order_minibatch, train_minibatch
+
+NAMESPACE = "lambda_learner"
+DEAD_LETTERS, VALIDATION = "dead_letters", "validation"
+
+
+def example_to_dict(ex: Example) -> dict:
+    """A validated example back in the input's field names (for dead letters of failed batches)."""
+    return {
+        "uid": ex.uid, "entityId": ex.entity_id, "timestamp": ex.timestamp_ms, "label": ex.label,
+        "weight": ex.weight, "offset": ex.offset,
+        "features": [{"name": n, "term": t, "value": v} for n, t, v in ex.features],
+    }
+
+
+def count_dead_letter(dead: DeadLetter) -> None:
+    """Count a dead letter in Beam Metrics, overall and by stage/category."""
+    Metrics.counter(NAMESPACE, "dead_letters").inc()
+    Metrics.counter(NAMESPACE, f"dead_letters/{dead.stage}/{dead.category}").inc()
+
+
+class ParseExamplesFn(beam.DoFn):
+    """Raw record or JSON line -> ``(entity, encoded example)`` at its event time, or a dead letter."""
+
+    def __init__(self, parser: ExampleParser):
+        self.parser = parser
+
+    def setup(self):
+        self.read = Metrics.counter(NAMESPACE, "records_read")
+        self.valid = Metrics.counter(NAMESPACE, "examples")
+
+    def process(self, record):
+        self.read.inc()
+        parsed = self.parser.parse_json_line(record) if isinstance(record, (bytes, str)) else self.parser.parse(record)
+        if isinstance(parsed, DeadLetter):
+            count_dead_letter(parsed)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, parsed.to_dict())
+            return
+        self.valid.inc()
+        yield TimestampedValue((parsed.entity_id, EXAMPLE_TAG + encode_example(parsed)), parsed.timestamp_ms / 1000.0)
+
+
+class ParseModelsFn(beam.DoFn):
+    """Raw model record -> ``(entity, encoded model)`` at MIN_TIMESTAMP, or a dead letter."""
+
+    def __init__(self, parser: ModelParser):
+        self.parser = parser
+
+    def process(self, record):
+        parsed = self.parser.parse(record)
+        if isinstance(parsed, DeadLetter):
+            count_dead_letter(parsed)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, parsed.to_dict())
+            return
+        yield TimestampedValue((parsed.entity_id, MODEL_TAG + encode_model(parsed)), MIN_TIMESTAMP)
+
+
+class UpdateRandomEffectsFn(beam.DoFn):
+    """Buffers each entity's examples by mini-batch interval and trains them in interval order.
+
+    State, all per entity in the global window:
+
+    * ``BUFFER`` (bag of bytes): examples waiting for their interval to close, each prefixed with
+      the end of the interval it will be trained in. Stored encoded, never decoded until trained.
+    * ``MODEL`` (explicit versioned coder): the entity's coefficients, Hessian, feature names,
+      version and the end of its last trained interval.
+    * ``FLUSHED_UNTIL``: end of the last interval flushed; an example whose interval ended at or
+      before it is late and joins the next mini-batch instead of being dropped.
+    * ``FLUSH_AT``: when the ``FLUSH`` timer is set; Beam keeps one timer time per key, so it only
+      moves earlier.
+
+    ``FLUSH`` (event time) fires when the watermark passes the earliest buffered interval: every
+    due interval is trained in order (split into chunks of at most ``max_minibatch_size``) and the
+    timer re-armed for the next. In batch all input is read before any timer fires, so with
+    ``flush_all_due`` the first firing trains every buffered interval, in order, at once: the same
+    updates as one firing per interval without re-reading the buffer each time.
+    """
+
+    BUFFER = BagStateSpec("buffer", BytesCoder())
+    MODEL = ReadModifyWriteStateSpec("model", ModelStateCoder())
+    FLUSHED_UNTIL = ReadModifyWriteStateSpec("flushed_until", VarIntCoder())
+    FLUSH_AT = ReadModifyWriteStateSpec("flush_at", VarIntCoder())
+    FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
+
+    def __init__(self, config: UpdateConfig, flush_all_due: bool = False):
+        self.config = config
+        self.flush_all_due = flush_all_due
+
+    def setup(self):
+        self.updates = Metrics.counter(NAMESPACE, "updates")
+        self.late = Metrics.counter(NAMESPACE, "late_examples")
+        self.trained = Metrics.counter(NAMESPACE, "examples_trained")
+        self.failed = Metrics.counter(NAMESPACE, "failed_updates")
+        self.initial = Metrics.counter(NAMESPACE, "initial_models")
+        self.cold = Metrics.counter(NAMESPACE, "cold_start_entities")
+        self.batch_size = Metrics.distribution(NAMESPACE, "minibatch_size")
+        self.train_micros = Metrics.distribution(NAMESPACE, "update_train_micros")
+        self.latency_ms = Metrics.distribution(NAMESPACE, "update_latency_ms")
+
+    def process(self, element, buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
+                flushed_until=beam.DoFn.StateParam(FLUSHED_UNTIL), flush_at=beam.DoFn.StateParam(FLUSH_AT),
+                flush=beam.DoFn.TimerParam(FLUSH)):
+        entity, payload = element
+        if payload[:1] == MODEL_TAG:
+            incoming = decode_model(payload[1:])
+            current = model_state.read()
+            self.initial.inc()
+            model_state.write(incoming if current is None else newer(current, incoming))
+            return
+        encoded = payload[1:]
+        batch_end = self.config.batch_end(example_timestamp(encoded))
+        done = flushed_until.read() or 0
+        if batch_end <= done:
+            # Its interval was already trained for this entity: train it with the next mini-batch.
+            self.late.inc()
+            batch_end = done + self.config.minibatch_ms
+        buffer.add(buffer_entry(batch_end, encoded))
+        pending = flush_at.read()
+        if pending is None or batch_end < pending:
+            flush.set(Timestamp(micros=batch_end * 1000))
+            flush_at.write(batch_end)
+
+    @on_timer(FLUSH)
+    def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                 buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
+                 flushed_until=beam.DoFn.StateParam(FLUSHED_UNTIL), flush_at=beam.DoFn.StateParam(FLUSH_AT),
+                 flush=beam.DoFn.TimerParam(FLUSH)):
+        now_ms = fired.micros // 1000
+        due, keep = defaultdict(list), []
+        for entry in buffer.read():
+            end = buffer_batch_end(entry)
+            if self.flush_all_due or end <= now_ms:
+                due[end].append(entry)
+            else:
+                keep.append(entry)
+        buffer.clear()
+        for entry in keep:
+            buffer.add(entry)
+
+        model = model_state.read()
+        before = model
+        if model is None and due:
+            self.cold.inc()
+        for end in sorted(due):
+            examples = order_minibatch([decode_buffer_entry(e)[1] for e in due[end]])
+            for chunk in chunks(examples, self.config.max_minibatch_size):
+                result = train_minibatch(model, key, chunk, end, self.config)
+                self.batch_size.update(len(chunk))
+                self.train_micros.update(int(result.train_seconds * 1e6))
+                yield beam.pvalue.TaggedOutput(VALIDATION, {
+                    "modelId": key, "windowEnd": end, "labels": result.labels.tolist(),
+                    "weights": result.weights.tolist(), "offsetScores": result.offset_scores.tolist(),
+                    "modelScores": result.model_scores.tolist(),
+                })
+                if result.failure is not None:
+                    self.failed.inc()
+                    dead = DeadLetter(result.failure, "train", [example_to_dict(e) for e in chunk], "training")
+                    count_dead_letter(dead)
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead.to_dict())
+                    continue
+                model = result.model
+                self.updates.inc()
+                self.trained.inc(len(chunk))
+                self.latency_ms.update(max(0, int(time.time() * 1000) - end))
+                yield update_record(model, num_examples=len(chunk), loss=result.loss, converged=result.converged,
+                                    coordinate=self.config.coordinate, trainer=self.config.trainer)
+        if model is not before:
+            model_state.write(model)
+        if due:
+            flushed_until.write(max(max(due), flushed_until.read() or 0))
+        if keep:
+            next_end = min(buffer_batch_end(e) for e in keep)
+            flush.set(Timestamp(micros=next_end * 1000))
+            flush_at.write(next_end)
+        else:
+            flush_at.clear()
+
+
+class RandomEffectOutputs:
+    """The PCollections ``UpdateRandomEffects`` returns."""
+
+    def __init__(self, updates, dead_letters, validation, initial_models):
+        self.updates = updates
+        self.dead_letters = dead_letters
+        self.validation = validation
+        #: valid initial models as model records (with ``version``), e.g. for the snapshot
+        self.initial_models = initial_models
+
+
+class UpdateRandomEffects(beam.PTransform):
+    """Raw examples (+ optional initial model records) -> model updates, dead letters, validation.
+
+    Parameters mirror the job's flags: ``trainer`` (sequential_bayesian_logistic, logistic, linear),
+    ``penalty``, ``forgetting_factor``, ``hessian`` (full, diagonal, identity, none),
+    ``minibatch_seconds``, ``max_minibatch_size``, ``coordinate``. ``streaming=False`` lets the
+    flush train every buffered interval at the first timer (batch reads all input first).
+    """
+
+    def __init__(self, entity_field: str, timestamp_field: str, trainer: str = "sequential_bayesian_logistic",
+                 penalty: float = 10.0, forgetting_factor: float = 0.8, hessian: str = "diagonal",
+                 minibatch_seconds: float = 60, max_minibatch_size: int = 10000, initial_models=None,
+                 coordinate: Optional[str] = None, max_features: int = 1000, max_model_coefficients: int = 100_000,
+                 streaming: bool = True):
+        super().__init__()
+        self.config = UpdateConfig(trainer=trainer, penalty=penalty, forgetting_factor=forgetting_factor,
+                                   hessian=hessian, minibatch_seconds=minibatch_seconds,
+                                   max_minibatch_size=max_minibatch_size, coordinate=coordinate or entity_field)
+        self.example_parser = ExampleParser(entity_field, timestamp_field, binary_labels=self.config.binary_labels,
+                                            max_features=max_features)
+        self.model_parser = ModelParser(penalty, max_model_coefficients)
+        self.initial_models = initial_models
+        self.streaming = streaming
+
+    def expand(self, examples):
+        parsed = examples | "ParseExamples" >> beam.ParDo(ParseExamplesFn(self.example_parser)).with_output_types(
+            Tuple[str, bytes]).with_outputs(DEAD_LETTERS, main="examples")
+        keyed = [parsed.examples | "ExamplesInGlobalWindow" >> beam.WindowInto(GlobalWindows())]
+        dead = [parsed[DEAD_LETTERS]]
+        models = None
+        if self.initial_models is not None:
+            models = self.initial_models | "ParseInitialModels" >> beam.ParDo(
+                ParseModelsFn(self.model_parser)).with_output_types(Tuple[str, bytes]).with_outputs(
+                DEAD_LETTERS, main="models")
+            keyed.append(models.models)
+            dead.append(models[DEAD_LETTERS])
+        trained = (
+            keyed
+            | "FlattenExamplesAndModels" >> beam.Flatten()
+            | "UpdatePerEntity" >> beam.ParDo(
+                UpdateRandomEffectsFn(self.config, flush_all_due=not self.streaming)).with_output_types(
+                Dict[str, Any]).with_outputs(
+                DEAD_LETTERS, VALIDATION, main="updates")
+        )
+        dead.append(trained[DEAD_LETTERS])
+        dead_letters = dead | "FlattenDeadLetters" >> beam.Flatten()
+        initial_records = None
+        if models is not None:
+            trainer = self.config.trainer
+            initial_records = models.models | "InitialModelRecords" >> beam.Map(
+                lambda kv: initial_model_record(decode_model(kv[1][1:]), trainer))
+        return RandomEffectOutputs(trained.updates, dead_letters, trained[VALIDATION], initial_records)
+
+
+def initial_model_record(model, trainer: str) -> dict:
+    """An initial model as a record comparable with updates (its own version and window end)."""
+    record = model_record(model, trainer)
+    record.update(version=int(model.version), windowEnd=int(model.window_end_ms))
+    return record

@@ -1,0 +1,215 @@
+"""Per-entity state of the Beam job and its explicit, versioned, deterministic encoding.
+
+Beam keeps state across bundles, restarts and (on Dataflow/Flink) job updates, so the bytes must
+stay decodable by later versions of this code: every encoding starts with a version byte, numbers
+are fixed-width little-endian, strings are length-prefixed UTF-8, and nothing is pickled.
+
+Examples travel between steps already encoded (``(entity, b"E" + bytes)``) so that the stateful
+step buffers them without decoding; initial models travel as ``(entity, b"M" + bytes)``.
+"""
+
+import struct
+from typing import List, Tuple
+
+import numpy as np
+from apache_beam import coders
+
+from .examples import Example
+from .models import RandomEffectModel
+
+MODEL_STATE_VERSION = 1
+EXAMPLE_VERSION = 1
+EXAMPLE_TAG, MODEL_TAG = b"E", b"M"
+
+_I64 = struct.Struct("<q")
+_U32 = struct.Struct("<I")
+_F64 = struct.Struct("<d")
+_F64x3 = struct.Struct("<ddd")
+_NO_HESSIAN, _DIAGONAL, _FULL = 0, 1, 2
+
+
+class StateDecodeError(ValueError):
+    """State bytes this code cannot read (unknown version, truncated or trailing bytes)."""
+
+
+class _Writer:
+    __slots__ = ("parts",)
+
+    def __init__(self, version: int):
+        self.parts: List[bytes] = [bytes((version,))]
+
+    def i64(self, v: int):
+        self.parts.append(_I64.pack(v))
+
+    def u32(self, v: int):
+        self.parts.append(_U32.pack(v))
+
+    def text(self, s: str):
+        b = s.encode("utf-8")
+        self.parts.append(_U32.pack(len(b)))
+        self.parts.append(b)
+
+    def floats(self, a: np.ndarray):
+        self.parts.append(np.ascontiguousarray(a, dtype="<f8").tobytes())
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _Reader:
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes, pos: int = 1):
+        self.buf = memoryview(buf)
+        self.pos = pos
+
+    def take(self, n: int) -> memoryview:
+        end = self.pos + n
+        if end > len(self.buf):
+            raise StateDecodeError("state bytes are truncated.")
+        view = self.buf[self.pos:end]
+        self.pos = end
+        return view
+
+    def i64(self) -> int:
+        return _I64.unpack(self.take(8))[0]
+
+    def u32(self) -> int:
+        return _U32.unpack(self.take(4))[0]
+
+    def text(self) -> str:
+        return str(self.take(self.u32()), "utf-8")
+
+    def floats(self, n: int) -> np.ndarray:
+        return np.frombuffer(self.take(8 * n), dtype="<f8").astype(np.float64)
+
+    def done(self):
+        if self.pos != len(self.buf):
+            raise StateDecodeError("state bytes have trailing data.")
+
+
+def _check_version(data: bytes, expected: int, what: str) -> None:
+    if not data:
+        raise StateDecodeError(f"{what} state is empty.")
+    if data[0] != expected:
+        raise StateDecodeError(
+            f"{what} state has encoding version {data[0]}, but this code reads version {expected}: "
+            "run a release of lambda-learner-beam that knows that version."
+        )
+
+
+def encode_model(model: RandomEffectModel) -> bytes:
+    """Version, entity, model version, window end, names, means, then the Hessian (none/diag/full)."""
+    w = _Writer(MODEL_STATE_VERSION)
+    w.text(model.entity_id)
+    w.i64(int(model.version))
+    w.i64(int(model.window_end_ms))
+    w.u32(len(model.feature_names))
+    for name, term in model.feature_names:
+        w.text(name)
+        w.text(term)
+    w.floats(model.means)
+    if model.precision_matrix is not None:
+        w.parts.append(bytes((_FULL,)))
+        w.floats(model.precision_matrix)
+    elif model.precisions is not None:
+        w.parts.append(bytes((_DIAGONAL,)))
+        w.floats(model.precisions)
+    else:
+        w.parts.append(bytes((_NO_HESSIAN,)))
+    return w.getvalue()
+
+
+def decode_model(data: bytes) -> RandomEffectModel:
+    """Inverse of ``encode_model``; ``StateDecodeError`` on an unknown version or bad bytes."""
+    _check_version(data, MODEL_STATE_VERSION, "Model")
+    r = _Reader(data)
+    entity = r.text()
+    version = r.i64()
+    window_end = r.i64()
+    d = r.u32()
+    names = tuple((r.text(), r.text()) for _ in range(d))
+    means = r.floats(d)
+    kind = r.take(1)[0]
+    matrix = None
+    if kind == _FULL:
+        matrix = r.floats(d * d).reshape(d, d)
+        precisions = np.diagonal(matrix).copy()
+    elif kind == _DIAGONAL:
+        precisions = r.floats(d)
+    elif kind == _NO_HESSIAN:
+        precisions = None
+    else:
+        raise StateDecodeError(f"Model state has an unknown Hessian kind {kind}.")
+    r.done()
+    return RandomEffectModel(entity, names, means, precisions, version, window_end, matrix)
+
+
+def encode_example(ex: Example) -> bytes:
+    """Version, timestamp, entity, uid (flag + text), label, weight, offset, features."""
+    w = _Writer(EXAMPLE_VERSION)
+    w.i64(ex.timestamp_ms)
+    w.text(ex.entity_id)
+    if ex.uid is None:
+        w.parts.append(b"\x00")
+    else:
+        w.parts.append(b"\x01")
+        w.text(ex.uid)
+    w.parts.append(_F64x3.pack(ex.label, ex.weight, ex.offset))
+    w.u32(len(ex.features))
+    for name, term, value in ex.features:
+        w.text(name)
+        w.text(term)
+        w.parts.append(_F64.pack(value))
+    return w.getvalue()
+
+
+def decode_example(data: bytes) -> Example:
+    """Inverse of ``encode_example``."""
+    _check_version(data, EXAMPLE_VERSION, "Example")
+    r = _Reader(data)
+    timestamp = r.i64()
+    entity = r.text()
+    uid = r.text() if r.take(1)[0] else None
+    label, weight, offset = _F64x3.unpack(r.take(24))
+    features = []
+    for _ in range(r.u32()):
+        name = r.text()
+        term = r.text()
+        features.append((name, term, _F64.unpack(r.take(8))[0]))
+    r.done()
+    return Example(entity, timestamp, uid, label, weight, offset, tuple(features))
+
+
+def buffer_entry(batch_end_ms: int, encoded_example: bytes) -> bytes:
+    """A buffered example: the end of the mini-batch it belongs to, then the encoded example."""
+    return _I64.pack(batch_end_ms) + encoded_example
+
+
+def buffer_batch_end(entry: bytes) -> int:
+    """The mini-batch end of a buffered entry, without decoding the example."""
+    return _I64.unpack_from(entry, 0)[0]
+
+
+def decode_buffer_entry(entry: bytes) -> Tuple[int, Example]:
+    """(mini-batch end, example) of a buffered entry."""
+    return buffer_batch_end(entry), decode_example(entry[8:])
+
+
+class ModelStateCoder(coders.Coder):
+    """Beam coder of ``RandomEffectModel`` state (see ``encode_model``)."""
+
+    def encode(self, value: RandomEffectModel) -> bytes:
+        return encode_model(value)
+
+    def decode(self, encoded: bytes) -> RandomEffectModel:
+        return decode_model(encoded)
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
+def example_timestamp(encoded_example: bytes) -> int:
+    """The event time of an encoded example, read without decoding the rest."""
+    _check_version(encoded_example, EXAMPLE_VERSION, "Example")
+    return _I64.unpack_from(encoded_example, 1)[0]

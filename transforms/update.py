@@ -1,0 +1,189 @@
+"""One entity's mini-batch update, in plain Python: the step the Beam job applies per entity.
+
+Kept free of Beam so that it can be tested (and replayed) directly: the job's result must equal
+``train_minibatch`` applied to each entity's mini-batches in order.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+from scipy import sparse
+
+from lambda_core import (
+    HessianType,
+    IndexedDataset,
+    IndexedModel,
+    TrainerLogisticLossWithL2,
+    TrainerSequentialBayesianLogisticLossWithL2,
+    TrainerSquareLossWithL2,
+)
+
+from .examples import Example
+from .models import RandomEffectModel, cold_model
+
+TRAINERS = ("sequential_bayesian_logistic", "logistic", "linear")
+HESSIANS = {"full": HessianType.FULL, "diagonal": HessianType.DIAGONAL, "identity": HessianType.IDENTITY,
+            "none": HessianType.NONE}
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """What every entity's update uses; validated on construction (``ValueError`` with one sentence)."""
+
+    trainer: str = "sequential_bayesian_logistic"
+    penalty: float = 10.0
+    forgetting_factor: float = 0.8
+    hessian: str = "diagonal"
+    minibatch_seconds: float = 60.0
+    max_minibatch_size: int = 10_000
+    coordinate: str = "per-entity"
+
+    def __post_init__(self):
+        if self.trainer not in TRAINERS:
+            raise ValueError(f"trainer must be one of {', '.join(TRAINERS)}, got {self.trainer!r}.")
+        if self.hessian not in HESSIANS:
+            raise ValueError(f"hessian must be one of {', '.join(HESSIANS)}, got {self.hessian!r}.")
+        if not (math.isfinite(self.penalty) and self.penalty >= 0):
+            raise ValueError(f"penalty must be a finite number >= 0, got {self.penalty}.")
+        if not (math.isfinite(self.forgetting_factor) and 0 <= self.forgetting_factor <= 1):
+            raise ValueError(f"forgetting factor must be in [0, 1], got {self.forgetting_factor}.")
+        if not (math.isfinite(self.minibatch_seconds) and self.minibatch_seconds > 0):
+            raise ValueError(f"minibatch seconds must be > 0, got {self.minibatch_seconds}.")
+        if self.minibatch_ms != self.minibatch_seconds * 1000:
+            raise ValueError(f"minibatch seconds must be a whole number of milliseconds, got {self.minibatch_seconds}.")
+        if self.max_minibatch_size < 1:
+            raise ValueError(f"max minibatch size must be >= 1, got {self.max_minibatch_size}.")
+        if not self.coordinate or "/" in self.coordinate:
+            raise ValueError(f"coordinate must be a non-empty name without '/', got {self.coordinate!r}.")
+
+    @property
+    def minibatch_ms(self) -> int:
+        """Length of a mini-batch interval in milliseconds."""
+        return int(round(self.minibatch_seconds * 1000))
+
+    @property
+    def binary_labels(self) -> bool:
+        """Whether the trainer needs labels in {0, 1} / {-1, +1}."""
+        return self.trainer != "linear"
+
+    def batch_end(self, timestamp_ms: int) -> int:
+        """End (exclusive) of the epoch-aligned interval holding ``timestamp_ms``."""
+        return (timestamp_ms // self.minibatch_ms + 1) * self.minibatch_ms
+
+
+class MinibatchResult(NamedTuple):
+    """What one update produced. On failure ``model`` is the previous model and ``failure`` says why."""
+
+    model: RandomEffectModel
+    num_examples: int
+    loss: Optional[float]
+    converged: bool
+    failure: Optional[str]
+    labels: np.ndarray
+    weights: np.ndarray
+    offset_scores: np.ndarray
+    model_scores: np.ndarray
+    train_seconds: float
+
+
+def order_minibatch(examples: Sequence[Example]) -> List[Example]:
+    """Examples in training order: by (timestamp, uid), ties broken by content so order never depends on arrival."""
+    return sorted(examples, key=lambda e: (e.timestamp_ms, e.uid or "", e.label, e.weight, e.offset, e.features))
+
+
+def chunks(examples: Sequence[Example], size: int) -> List[Sequence[Example]]:
+    """Consecutive chunks of at most ``size`` examples."""
+    return [examples[i:i + size] for i in range(0, len(examples), size)]
+
+
+def _expanded(model: RandomEffectModel, examples: Sequence[Example], penalty: float):
+    """Index map (model features first, then new ones in order of appearance) and the prior in it."""
+    names = list(model.feature_names)
+    index: Dict = {nt: i for i, nt in enumerate(names)}
+    for ex in examples:
+        for name, term, _ in ex.features:
+            if (name, term) not in index:
+                index[(name, term)] = len(names)
+                names.append((name, term))
+    d, d_old = len(names), len(model.feature_names)
+    theta = np.zeros(d)
+    theta[:d_old] = model.means
+    precisions = None if model.precisions is None else np.concatenate([model.precisions, np.full(d - d_old, penalty)])
+    matrix = None
+    if model.precision_matrix is not None:
+        matrix = np.diag(np.full(d, float(penalty)))
+        matrix[:d_old, :d_old] = model.precision_matrix
+    return names, index, theta, precisions, matrix
+
+
+def design_matrix(examples: Sequence[Example], index: Dict, d: int) -> sparse.csr_matrix:
+    """CSR rows of the examples, intercept (column 0) = 1."""
+    columns, values, indptr = [], [], [0]
+    for ex in examples:
+        columns.append(0)
+        values.append(1.0)
+        for name, term, value in ex.features:
+            columns.append(index[(name, term)])
+            values.append(value)
+        indptr.append(len(columns))
+    return sparse.csr_matrix((np.array(values), np.array(columns, dtype=np.int32), np.array(indptr, dtype=np.int32)),
+                             shape=(len(examples), d))
+
+
+def train_minibatch(model: Optional[RandomEffectModel], entity_id: str, examples: Sequence[Example],
+                    window_end_ms: int, config: UpdateConfig) -> MinibatchResult:
+    """Score the mini-batch with the current model (progressive validation), then update the model.
+
+    The update is the core trainer with the entity's current means and precisions as the prior,
+    every known coefficient included; new features start at mean 0 with precision ``penalty``.
+    """
+    if model is None:
+        model = cold_model(entity_id, config.penalty)
+    names, index, theta0, precisions, matrix = _expanded(model, examples, config.penalty)
+    d = len(names)
+    X = design_matrix(examples, index, d)
+    labels = np.array([e.label for e in examples])
+    weights = np.array([e.weight for e in examples])
+    offsets = np.array([e.offset for e in examples])
+    model_scores = np.asarray(X @ theta0).reshape(-1) + offsets
+    data = IndexedDataset(X, labels, weights, offsets)
+    hessian_type = HESSIANS[config.hessian]
+    started = time.perf_counter()
+    if config.trainer == "sequential_bayesian_logistic":
+        prior = IndexedModel(theta0, matrix if matrix is not None else precisions)
+        trainer = TrainerSequentialBayesianLogisticLossWithL2(
+            training_data=data, initial_model=prior, hessian_type=hessian_type, penalty=config.penalty,
+            delta=config.forgetting_factor)
+    else:
+        cls = TrainerLogisticLossWithL2 if config.trainer == "logistic" else TrainerSquareLossWithL2
+        trainer = cls(training_data=data, initial_model=IndexedModel(theta0), hessian_type=hessian_type,
+                      penalty=config.penalty)
+    trained, loss, meta = trainer.train()
+    seconds = time.perf_counter() - started
+
+    failure = None
+    if meta["warnflag"] == 2:
+        failure = f"training failed ({meta['task']}); the entity keeps its previous model."
+    elif not np.isfinite(trained.theta).all():
+        failure = "training produced non-finite coefficients; the entity keeps its previous model."
+    if failure is not None:
+        return MinibatchResult(model, len(examples), None, False, failure, labels, weights, offsets, model_scores,
+                               seconds)
+
+    new_matrix = None
+    if hessian_type is HessianType.FULL:
+        new_matrix = np.asarray(trained.hessian.toarray())
+        new_precisions = np.diagonal(new_matrix).copy()
+    else:
+        new_precisions = trained.hessian_diagonal()
+    if new_precisions is not None and not (np.isfinite(new_precisions).all() and (new_precisions > 0).all()):
+        failure = "training produced a Hessian that is not positive and finite; the entity keeps its previous model."
+        return MinibatchResult(model, len(examples), None, False, failure, labels, weights, offsets, model_scores,
+                               seconds)
+    updated = RandomEffectModel(entity_id, tuple(names), trained.theta, new_precisions, model.version + 1,
+                                window_end_ms, new_matrix)
+    return MinibatchResult(updated, len(examples), float(loss), meta["warnflag"] == 0, None, labels, weights,
+                           offsets, model_scores, seconds)

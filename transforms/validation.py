@@ -1,0 +1,134 @@
+"""Progressive validation: each mini-batch is scored by the entity's model *before* it trains on
+it, so the job measures what the random effects add over the fixed effect (the offset) alone.
+
+Scores are aggregated per event-time bucket (an hour by default) into log-loss sums and score
+histograms, from which AUC is computed with ties inside a bin counting one half.
+"""
+
+from typing import Dict, Iterable, Optional
+
+import apache_beam as beam
+import numpy as np
+
+# Histogram of logit scores: 0.01-wide bins over [-20, 20]; AUC from it is within ~1e-4 of exact.
+_LOW, _HIGH, _BINS = -20.0, 20.0, 4000
+
+
+def _bin(scores: np.ndarray) -> np.ndarray:
+    scaled = (np.clip(scores, _LOW, _HIGH) - _LOW) / (_HIGH - _LOW) * _BINS
+    return np.minimum(scaled.astype(np.int64), _BINS - 1)
+
+
+def _log_loss_sum(scores, positive, weights) -> float:
+    sign = np.where(positive, 1.0, -1.0)
+    return float(weights @ np.logaddexp(0.0, -sign * scores))
+
+
+def histogram_auc(pos: np.ndarray, neg: np.ndarray) -> Optional[float]:
+    """AUC from weighted positive and negative score histograms (None if a class is empty)."""
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos <= 0 or total_neg <= 0:
+        return None
+    neg_below = np.cumsum(neg) - neg
+    return float((pos * (neg_below + 0.5 * neg)).sum() / (total_pos * total_neg))
+
+
+class _Bucket:
+    __slots__ = ("count", "weight", "loss_offset", "loss_model", "sq_offset", "sq_model", "hist")
+
+    def __init__(self):
+        self.count = 0
+        self.weight = 0.0
+        self.loss_offset = self.loss_model = self.sq_offset = self.sq_model = 0.0
+        self.hist = np.zeros((4, _BINS))  # positives/negatives for offset-only and model scores
+
+    def add(self, labels, weights, offset_scores, model_scores):
+        positive = labels > 0
+        self.count += len(labels)
+        self.weight += float(weights.sum())
+        self.loss_offset += _log_loss_sum(offset_scores, positive, weights)
+        self.loss_model += _log_loss_sum(model_scores, positive, weights)
+        self.sq_offset += float(weights @ (offset_scores - labels) ** 2)
+        self.sq_model += float(weights @ (model_scores - labels) ** 2)
+        for row, scores in ((0, offset_scores), (2, model_scores)):
+            bins = _bin(scores)
+            self.hist[row] += np.bincount(bins[positive], weights[positive], _BINS)
+            self.hist[row + 1] += np.bincount(bins[~positive], weights[~positive], _BINS)
+
+    def merge(self, other: "_Bucket"):
+        self.count += other.count
+        self.weight += other.weight
+        self.loss_offset += other.loss_offset
+        self.loss_model += other.loss_model
+        self.sq_offset += other.sq_offset
+        self.sq_model += other.sq_model
+        self.hist += other.hist
+
+    def report(self) -> Dict[str, Optional[float]]:
+        w = self.weight or float("nan")
+        return {
+            "examples": self.count,
+            "log_loss_offset_only": self.loss_offset / w,
+            "log_loss_with_random_effects": self.loss_model / w,
+            "auc_offset_only": histogram_auc(self.hist[0], self.hist[1]),
+            "auc_with_random_effects": histogram_auc(self.hist[2], self.hist[3]),
+            "rmse_offset_only": float(np.sqrt(self.sq_offset / w)),
+            "rmse_with_random_effects": float(np.sqrt(self.sq_model / w)),
+        }
+
+
+class ProgressiveValidation:
+    """Accumulates validation records ({windowEnd, labels, weights, offsetScores, modelScores})."""
+
+    def __init__(self, bucket_ms: int = 3_600_000):
+        self.bucket_ms = bucket_ms
+        self.buckets: Dict[int, _Bucket] = {}
+
+    def add(self, record: dict) -> "ProgressiveValidation":
+        start = (record["windowEnd"] - 1) // self.bucket_ms * self.bucket_ms
+        bucket = self.buckets.setdefault(start, _Bucket())
+        bucket.add(np.asarray(record["labels"], dtype=float), np.asarray(record["weights"], dtype=float),
+                   np.asarray(record["offsetScores"], dtype=float), np.asarray(record["modelScores"], dtype=float))
+        return self
+
+    def merge(self, other: "ProgressiveValidation") -> "ProgressiveValidation":
+        for start, bucket in other.buckets.items():
+            if start in self.buckets:
+                self.buckets[start].merge(bucket)
+            else:
+                self.buckets[start] = bucket
+        return self
+
+    def report(self) -> dict:
+        """Overall and per-bucket metrics, buckets in time order."""
+        overall = _Bucket()
+        for bucket in self.buckets.values():
+            overall.merge(bucket)
+        return {
+            "bucket_ms": self.bucket_ms,
+            "overall": overall.report(),
+            "buckets": [dict(start_ms=start, **self.buckets[start].report()) for start in sorted(self.buckets)],
+        }
+
+
+class ProgressiveValidationFn(beam.CombineFn):
+    """CombineFn form of ``ProgressiveValidation``: records in, the report dict out."""
+
+    def __init__(self, bucket_ms: int = 3_600_000):
+        self.bucket_ms = bucket_ms
+
+    def create_accumulator(self):
+        return ProgressiveValidation(self.bucket_ms)
+
+    def add_input(self, accumulator, record):
+        return accumulator.add(record)
+
+    def merge_accumulators(self, accumulators: Iterable[ProgressiveValidation]):
+        accumulators = iter(accumulators)
+        result = next(accumulators)
+        for acc in accumulators:
+            result.merge(acc)
+        return result
+
+    def extract_output(self, accumulator):
+        return accumulator.report()
