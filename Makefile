@@ -18,7 +18,8 @@ $(VENV)/.installed-%: setup.py | $(PY)
 
 venv: $(VENV)/.installed-$(EXTRAS)
 
-test: $(VENV)/.installed-test
+# Tests need the test extras (the lambda-learner oracle) and the gcp extra (the Dataflow dry run).
+test: $(VENV)/.installed-test,gcp
 	$(PY) -m pytest -q --doctest-modules lambda_core transforms tests
 
 demo: $(VENV)/.installed-test

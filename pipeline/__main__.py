@@ -3,6 +3,8 @@
 import logging
 import sys
 
+from apache_beam.options.pipeline_options import StandardOptions, TestOptions
+
 from .options import LambdaLearnerOptions, UsageError, parse_options
 
 
@@ -25,6 +27,9 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if options.view_as(TestOptions).dry_run:
+        print(f"Dry run: the job was built and translated for {options.view_as(StandardOptions).runner}; nothing ran.")
+        return 0
     summary = summarize(result, options, paths, seconds)
     print(format_summary(summary))
     return 0

@@ -11,7 +11,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from transforms.formats import NOT_JSON, decode_json_line
 from transforms.io import (
@@ -96,10 +96,10 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
     }
     out.updates | "WriteUpdates" >> WriteRecords(
         paths["updates"], "updates", ".avro", lambda _: AvroSink("ModelUpdateAvro"), streaming,
-        o.output_window_seconds)
+        o.output_window_seconds, unbounded=not bounded)
     out.dead_letters | "WriteDeadLetters" >> WriteRecords(
         paths["dead_letters"], "dead-letter", ".jsonl", lambda _: JsonLinesSink(), streaming,
-        o.output_window_seconds)
+        o.output_window_seconds, unbounded=not bounded)
     if bounded:
         latest = [out.updates] + ([out.initial_models] if out.initial_models is not None else [])
         snapshot = WriteSnapshot(o.output, coordinate, o.entity_field, o.feature_shard, o.trainer,
@@ -205,9 +205,12 @@ def format_summary(s: Dict[str, Any]) -> str:
 def run(options: PipelineOptions, wait: bool = True):
     """Build and run the job; return (result, paths, seconds)."""
     started = time.time()
-    pipeline = beam.Pipeline(options=options)
+    try:
+        pipeline = beam.Pipeline(options=options)
+    except ValueError as err:  # Beam's own option validation (runner-specific flags)
+        raise UsageError(" ".join(str(err).split())) from None
     paths = build(pipeline, options)
     result = pipeline.run()
-    if wait:
+    if wait and not options.view_as(TestOptions).dry_run:
         result.wait_until_finish()
     return result, paths, time.time() - started

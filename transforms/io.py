@@ -9,10 +9,15 @@ import fastavro
 from apache_beam.coders import BytesCoder
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import FixedWindows
+from apache_beam.transforms.trigger import AccumulationMode, AfterProcessingTime, Repeatedly
+from apache_beam.transforms.window import FixedWindows, GlobalWindows, TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from .formats import AVRO, detect_format, load_schema, to_json
 from .models import COEFFICIENTS, ID_INFO, model_class
+
+
+_EPOCH = Timestamp(0)
 
 
 def match_files(pattern: str) -> List[str]:
@@ -109,6 +114,15 @@ class JsonLinesSink(fileio.FileSink):
         self._fh.flush()
 
 
+class _NotBeforeEpoch(beam.DoFn):
+    """Records with no event time of their own (dead letters of unparseable input, initial models at
+    MIN_TIMESTAMP) move to the epoch: their window must have representable bounds. Moving forward in
+    time is always allowed."""
+
+    def process(self, record, timestamp=beam.DoFn.TimestampParam):
+        yield record if timestamp >= _EPOCH else TimestampedValue(record, _EPOCH)
+
+
 class WriteRecords(beam.PTransform):
     """Write records under ``directory`` as ``<prefix>-...<suffix>`` files.
 
@@ -117,8 +131,9 @@ class WriteRecords(beam.PTransform):
     """
 
     def __init__(self, directory: str, prefix: str, suffix: str, sink_factory, streaming: bool,
-                 window_seconds: float = 60):
+                 window_seconds: float = 60, unbounded: bool = False):
         super().__init__()
+        self.unbounded = unbounded
         self.directory = directory
         self.prefix = prefix
         self.suffix = suffix
@@ -127,8 +142,16 @@ class WriteRecords(beam.PTransform):
         self.window_seconds = window_seconds
 
     def expand(self, records):
-        if self.streaming:
-            records = records | "Window" >> beam.WindowInto(FixedWindows(self.window_seconds))
+        if self.unbounded:
+            # Event time may lag far behind a live source's watermark: emit a file every
+            # window_seconds of processing time instead, so no record waits on (or misses) a window.
+            records = records | "EveryInterval" >> beam.WindowInto(
+                GlobalWindows(), trigger=Repeatedly(AfterProcessingTime(int(self.window_seconds))),
+                accumulation_mode=AccumulationMode.DISCARDING)
+        elif self.streaming:
+            records = (records
+                       | "NoTimeBeforeEpoch" >> beam.ParDo(_NotBeforeEpoch())
+                       | "Window" >> beam.WindowInto(FixedWindows(self.window_seconds)))
         return records | "Write" >> fileio.WriteToFiles(
             self.directory, file_naming=fileio.default_file_naming(self.prefix, self.suffix),
             sink=self.sink_factory)
