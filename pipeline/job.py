@@ -74,7 +74,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
         records = pipeline | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=o.input_subscription)
     else:
         records = pipeline | "ReadExamples" >> ReadRecords(
-            o.input, o.input_format, watch_seconds=o.watch_interval_seconds if o.watch else 0)
+            o.input, o.input_format, watch_seconds=o.watch_interval_seconds if o.watch else 0,
+            watch_duration_seconds=o.watch_duration_seconds)
     initial = None
     if o.initial_models:
         initial = (pipeline

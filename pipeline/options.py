@@ -25,6 +25,8 @@ class LambdaLearnerOptions(PipelineOptions):
             help="Pub/Sub subscription of JSON examples (projects/P/subscriptions/S), instead of --input")
         add("--watch", dest="watch", action="store_true", help="keep following --input for new files (streaming)")
         add("--watch-interval-seconds", dest="watch_interval_seconds", type=float, default=10.0)
+        add("--watch-duration-seconds", dest="watch_duration_seconds", type=float, default=0.0,
+            help="stop following --input after this long (0: never); the job then finishes its work and ends")
         add("--output", dest="output", help="output directory (local or gs://)")
         add("--initial-models", dest="initial_models", help="Photon/GDMix model directory, file or glob")
         add("--entity-field", dest="entity_field", help="field (or metadataMap key) holding the entity id")
@@ -103,6 +105,8 @@ def validate(options: PipelineOptions) -> None:
                         ("--snapshot-shards", o.snapshot_shards)):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}.")
+    if o.watch_interval_seconds <= 0 or o.watch_duration_seconds < 0:
+        raise UsageError("--watch-interval-seconds must be > 0 and --watch-duration-seconds >= 0.")
     if o.watch and not o.input:
         raise UsageError("--watch follows --input; give --input.")
     if (o.watch or o.input_subscription) and not options.view_as(StandardOptions).streaming:

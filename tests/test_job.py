@@ -215,3 +215,28 @@ def test_dataflow_translation_builds_with_a_pubsub_source(tmp_path):
                    "--region", "us-central1", "--temp_location", "gs://lambda-learner-test/t")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Dry run" in proc.stdout
+
+
+def test_watch_picks_up_files_that_arrive_while_the_job_runs(tmp_path):
+    import time
+
+    examples, inputs = make_inputs(tmp_path / "first", num_users=10, hours=0.25, seed=21)
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    os.rename(inputs["examples"], watched / "a.jsonl")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--input", str(watched / "*.jsonl"), "--output", str(tmp_path / "out"),
+         "--entity-field", "userId", "--timestamp-field", "timestamp", "--minibatch-seconds", "300", "--watch",
+         "--watch-interval-seconds", "2", "--watch-duration-seconds", "25", "--output-window-seconds", "5"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The DirectRunner does not pace MatchContinuously by the wall clock (it may stop polling early),
+    # so the file appears right after launch: before the first poll, after the pipeline was built.
+    time.sleep(0.5)
+    later = [dict(e, userId="late-" + e["userId"], uid="late-" + e["uid"]) for e in examples[:30]]
+    (watched / "b.jsonl.tmp").write_text("".join(json.dumps(e) + "\n" for e in later))
+    os.rename(watched / "b.jsonl.tmp", watched / "b.jsonl")  # appear atomically, as a producer should
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-3000:]
+    updates = [u for us in updates_by_entity(tmp_path / "out").values() for u in us]
+    assert sum(u["numExamples"] for u in updates) == len(examples) + len(later)
+    assert {u["modelId"] for u in updates} >= {e["userId"] for e in later}

@@ -2,6 +2,7 @@
 model updates, dead letters and GAME snapshots out.
 """
 
+import time
 from typing import List, Optional
 
 import apache_beam as beam
@@ -9,8 +10,7 @@ import fastavro
 from apache_beam.coders import BytesCoder
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.trigger import AccumulationMode, AfterProcessingTime, Repeatedly
-from apache_beam.transforms.window import FixedWindows, GlobalWindows, TimestampedValue
+from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from .formats import AVRO, detect_format, load_schema, to_json
@@ -63,19 +63,24 @@ class ReadRecords(beam.PTransform):
     """Raw records from files: Avro records as dicts, JSON lines as bytes (parsed downstream, so a
     line that is not JSON becomes a dead letter rather than a crash).
 
-    ``watch_seconds`` > 0 follows the pattern for new files (streaming), checking at that interval.
+    ``watch_seconds`` > 0 follows the pattern for new files (streaming), checking at that interval,
+    for ``watch_duration_seconds`` (0: forever) from when the pipeline is built.
     """
 
-    def __init__(self, pattern: str, input_format: Optional[str] = None, watch_seconds: float = 0):
+    def __init__(self, pattern: str, input_format: Optional[str] = None, watch_seconds: float = 0,
+                 watch_duration_seconds: float = 0):
         super().__init__()
         self.pattern = pattern
         self.input_format = input_format
         self.watch_seconds = watch_seconds
+        self.stop = time.time() + watch_duration_seconds if watch_duration_seconds else None
 
     def expand(self, pbegin):
         if self.watch_seconds:
             return (pbegin
-                    | "Watch" >> fileio.MatchContinuously(self.pattern, interval=self.watch_seconds)
+                    | "Watch" >> fileio.MatchContinuously(
+                        self.pattern, interval=self.watch_seconds,
+                        **({"stop_timestamp": self.stop} if self.stop else {}))
                     | "Open" >> fileio.ReadMatches()
                     | "Records" >> beam.FlatMap(_read_file_records))
         if input_format_of(self.pattern, self.input_format) == AVRO:
@@ -143,11 +148,12 @@ class WriteRecords(beam.PTransform):
 
     def expand(self, records):
         if self.unbounded:
-            # Event time may lag far behind a live source's watermark: emit a file every
-            # window_seconds of processing time instead, so no record waits on (or misses) a window.
-            records = records | "EveryInterval" >> beam.WindowInto(
-                GlobalWindows(), trigger=Repeatedly(AfterProcessingTime(int(self.window_seconds))),
-                accumulation_mode=AccumulationMode.DISCARDING)
+            # A live source's watermark follows the wall clock while event time may lag far behind
+            # it: stamp records with the time they are written (moving forward in time is always
+            # allowed) so that files are cut per window of processing time and none is late.
+            records = (records
+                       | "StampNow" >> beam.Map(lambda r: TimestampedValue(r, time.time()))
+                       | "EveryInterval" >> beam.WindowInto(FixedWindows(self.window_seconds)))
         elif self.streaming:
             records = (records
                        | "NoTimeBeforeEpoch" >> beam.ParDo(_NotBeforeEpoch())
