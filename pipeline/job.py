@@ -203,9 +203,24 @@ def format_summary(s: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def disable_local_state_cache() -> None:
+    """Turn off the state cache of Beam's in-process (DirectRunner / embedded) worker.
+
+    That cache weighs every value it holds with a deep object-size traversal that scans the globals
+    of every loaded module; with per-entity state touched on every element and timer, profiling
+    showed it taking ~65% of a local streaming run (22.9 s -> 5.9 s without it on 2,031 records).
+    Remote workers (Dataflow, Flink) have it off by default (``--max_cache_memory_usage_mb=0``);
+    this only affects workers running inside this process.
+    """
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    worker_handlers.STATE_CACHE_SIZE_MB = 0
+
+
 def run(options: PipelineOptions, wait: bool = True):
     """Build and run the job; return (result, paths, seconds)."""
     started = time.time()
+    disable_local_state_cache()
     try:
         pipeline = beam.Pipeline(options=options)
     except ValueError as err:  # Beam's own option validation (runner-specific flags)
