@@ -22,7 +22,7 @@ venv: $(VENV)/.installed-$(EXTRAS)
 test: $(VENV)/.installed-test,gcp
 	$(PY) -m pytest -q --doctest-modules lambda_core transforms tests
 
-demo: $(VENV)/.installed-test
+demo: $(VENV)/.installed-demo
 	$(PY) -m pipeline.demo
 
 bench: $(VENV)/.installed-test

@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         # lambda-learner 0.1.0 is the test oracle only: never imported by the library itself.
-        "test": ["pytest>=7", "hypothesis>=6", "lambda-learner==0.1.0"],
+        "test": ["pytest>=7", "hypothesis>=6", "lambda-learner==0.1.0", "matplotlib>=3.5"],
         "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
         "demo": ["matplotlib>=3.5"],
     },

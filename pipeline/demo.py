@@ -1,84 +1,203 @@
-"""``make demo``: simulate an ads click stream and watch per-user random effects learn.
+"""``make demo``: simulate an ads click stream, run the real job on it, and show what it learned.
 
-    python -m pipeline.demo [--size SCALE]
+    python -m pipeline.demo [--size SCALE] [--output-dir demo-output]
 
-This version drives ``lambda_core`` directly, one sequential Bayesian update per user and
-five-minute mini-batch, and prints progressive (score-before-train) log loss and AUC per simulated
-hour for the fixed effect alone and with the random effects.
+It writes a realistic stream as Photon Avro files (a few thousand users over four simulated hours,
+a global model's score as each impression's offset, drifting per-user preferences, users arriving
+mid-stream, a sprinkling of malformed records) plus initial models for part of the users in
+Photon's GAME layout, then runs ``python -m pipeline`` on them in streaming mode on the
+DirectRunner and reports progressive log loss and AUC per simulated hour, how close the learned
+per-user effects are to the true ones, one user's model before and after, and a plot.
 """
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
 import sys
 import time
-from collections import defaultdict
 
 import numpy as np
 
-from lambda_core import (
-    HessianType,
-    IndexedDataset,
-    IndexedModel,
-    TrainerSequentialBayesianLogisticLossWithL2,
-    evaluate,
-)
+from transforms.formats import write_avro
+from transforms.models import load_models, write_id_info
 
-from .simulation import CATEGORIES, FORMATS, START_MS, ClickStream, StreamConfig
+from .simulation import CATEGORIES, START_MS, ClickStream, StreamConfig, true_coefficient_map
 
-PENALTY, DELTA, MINIBATCH_MS = 10.0, 0.8, 300_000
-FEATURES = [("intercept", "intercept")] + [("ad_category", c) for c in CATEGORIES] + \
-    [("ad_format", f) for f in FORMATS] + [("price_level", "")]
-COLUMN = {nt: i for i, nt in enumerate(FEATURES)}
+COORDINATE = "per-user"
+VALIDATION_BUCKET_SECONDS = 3600
 
 
-def design_row(example):
-    row = np.zeros(len(FEATURES))
-    row[0] = 1.0
-    for f in example["features"]:
-        row[COLUMN[(f["name"], f["term"])]] = f["value"]
-    return row
+def malformed(examples, rng, fraction=0.004):
+    """Copies of a few real records, each broken in one way a real pipeline sees."""
+    breakers = [
+        ("label 3", lambda e: dict(e, label=3.0)),
+        ("NaN offset", lambda e: dict(e, offset=float("nan"))),
+        ("negative weight", lambda e: dict(e, weight=-1.0)),
+        ("no user id", lambda e: dict(e, metadataMap={"timestamp": e["metadataMap"]["timestamp"]})),
+        ("bad timestamp", lambda e: dict(e, metadataMap=dict(e["metadataMap"], timestamp="yesterday"))),
+        ("repeated feature", lambda e: dict(e, features=e["features"] + e["features"][:1])),
+    ]
+    picks = rng.choice(len(examples), size=max(len(breakers), int(len(examples) * fraction)), replace=False)
+    return [dict(breakers[i % len(breakers)][1](examples[p]), uid=f"broken-{i}") for i, p in enumerate(picks)]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Simulate a click stream and learn per-user random effects.")
+def write_inputs(stream: ClickStream, base: str):
+    """Hourly Avro files of examples (ids in metadataMap, Photon's convention) and the offline models."""
+    rng = np.random.default_rng(stream.config.seed + 7)
+    examples = []
+    for e in stream.examples():
+        meta = {"userId": e.pop("userId"), "timestamp": str(e.pop("timestamp")), "page": "feed"}
+        e["metadataMap"] = meta
+        examples.append(e)
+    broken = malformed(examples, rng)
+    records = examples + broken
+    by_hour = {}
+    for r in records:
+        ts = r["metadataMap"].get("timestamp", "")
+        hour = (int(ts) - START_MS) // 3_600_000 if ts.isdigit() else 0
+        by_hour.setdefault(hour, []).append(r)
+    for hour, rs in sorted(by_hour.items()):
+        write_avro(os.path.join(base, "events", f"clicks-hour-{hour:02d}.avro"), "TrainingExampleAvro", rs)
+    offline = os.path.join(base, "offline-model", "random-effect", COORDINATE)
+    write_id_info(offline, "userId", "features")
+    initial = list(stream.initial_models())
+    write_avro(os.path.join(offline, "coefficients", "part-00000.avro"), "BayesianLinearModelAvro", initial)
+    return len(examples), len(broken), len(initial), offline
+
+
+def correlation(stream: ClickStream, snapshot_dir: str, penalty: float, min_examples: dict):
+    """Pearson correlation of learned vs true category effects + bias, over users with data."""
+    models, _ = load_models(snapshot_dir, penalty)
+    learned, truth = [], []
+    end_hours = stream.config.hours
+    for user, model in models.items():
+        if min_examples.get(user, 0) < 8:
+            continue
+        true = true_coefficient_map(stream.users[user], end_hours)
+        means = dict(zip(model.feature_names, model.means))
+        for nt in [("intercept", "intercept")] + [("ad_category", c) for c in CATEGORIES]:
+            if nt in means:
+                learned.append(means[nt])
+                truth.append(true[nt])
+    if len(learned) < 3:
+        return float("nan"), 0
+    return float(np.corrcoef(learned, truth)[0, 1]), len(learned)
+
+
+def plot(report: dict, path: str) -> bool:
+    """PNG of progressive log loss per bucket, offset-only vs with random effects."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    buckets = report["buckets"]
+    hours = [(b["start_ms"] - START_MS) / 3_600_000 for b in buckets]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(hours, [b["log_loss_offset_only"] for b in buckets], marker="o", label="fixed effect (offset) only")
+    ax.plot(hours, [b["log_loss_with_random_effects"] for b in buckets], marker="o",
+            label="offset + per-user random effects")
+    ax.set_xlabel("simulated hours since start")
+    ax.set_ylabel("progressive log loss (lower is better)")
+    ax.set_title("Each mini-batch scored before the model trains on it")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def user_story(stream, offline_dir, snapshot_dir, penalty, counts):
+    """One user with an offline model and many events: their model before and after, with the truth."""
+    before, _ = load_models(offline_dir, penalty)
+    after, _ = load_models(snapshot_dir, penalty)
+    candidates = [u for u in before if u in after]
+    if not candidates:
+        return []
+    user = max(candidates, key=lambda u: (counts.get(u, 0), u))
+    truth = true_coefficient_map(stream.users[user], stream.config.hours)
+    b = dict(zip(before[user].feature_names, zip(before[user].means, before[user].variances())))
+    a = dict(zip(after[user].feature_names, zip(after[user].means, after[user].variances())))
+    lines = [f"User {user} ({counts.get(user, 0)} impressions): coefficient mean ± sd, before -> after (true at the end)"]
+    for nt in [("intercept", "intercept"), ("price_level", "")] + [("ad_category", c) for c in CATEGORIES]:
+        if nt not in a:
+            continue
+        name = "intercept" if nt[0] == "intercept" else ":".join(x for x in nt if x)
+        bm, bv = b.get(nt, (0.0, 1.0 / penalty))
+        am, av = a[nt]
+        lines.append(f"  {name:<22}{bm:>7.2f} ± {np.sqrt(bv):.2f}  ->  {am:>6.2f} ± {np.sqrt(av):.2f}   ({truth[nt]:+.2f})")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=float, default=1.0, help="scale the number of users (1.0 = 2,000 users)")
+    parser.add_argument("--output-dir", default="demo-output", help="everything is written here (cleaned first)")
+    parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args(argv)
-    config = StreamConfig(num_users=max(10, int(2000 * args.size)))
-    stream = ClickStream(config)
+    if args.size <= 0:
+        print("error: --size must be > 0.", file=sys.stderr)
+        return 2
+    base = os.path.abspath(args.output_dir)
     started = time.time()
-    examples = list(stream.examples())
-    print(f"Generated {len(examples):,} impressions from {config.num_users:,} users over {config.hours:g} hours.")
+    if os.path.exists(base):
+        print(f"Cleaning {base} from a previous run.")
+        shutil.rmtree(base)
+    config = StreamConfig(num_users=max(20, int(2000 * args.size)), hours=4.0, impressions_per_user_hour=4.0,
+                          seed=args.seed)
+    stream = ClickStream(config)
+    n_examples, n_broken, n_models, offline = write_inputs(stream, base)
+    print(f"Simulated {n_examples:,} impressions from {config.num_users:,} users over {config.hours:g} hours "
+          f"(+{n_broken} malformed records), and offline models for {n_models:,} users.")
+    counts = {}
+    for e in ClickStream(config).examples():
+        counts[e["userId"]] = counts.get(e["userId"], 0) + 1
 
-    batches = defaultdict(list)
-    for ex in examples:
-        batches[((ex["timestamp"] - START_MS) // MINIBATCH_MS, ex["userId"])].append(ex)
-    models = {}
-    hourly = defaultdict(lambda: {"y": [], "offset": [], "re": []})
-    for count, ((interval, user), batch) in enumerate(sorted(batches.items())):
-        X = np.array([design_row(ex) for ex in batch])
-        y = np.array([ex["label"] for ex in batch])
-        offsets = np.array([ex["offset"] for ex in batch])
-        prior = models.get(user) or IndexedModel(np.zeros(len(FEATURES)), np.full(len(FEATURES), PENALTY))
-        bucket = hourly[int(interval * MINIBATCH_MS // 3_600_000)]
-        bucket["y"].extend(y)
-        bucket["offset"].extend(offsets)
-        bucket["re"].extend(X @ prior.theta + offsets)
-        trainer = TrainerSequentialBayesianLogisticLossWithL2(
-            training_data=IndexedDataset(X, y, np.ones(len(y)), offsets), initial_model=prior,
-            hessian_type=HessianType.DIAGONAL, penalty=PENALTY, delta=DELTA,
-        )
-        model, _, _ = trainer.train()
-        models[user] = IndexedModel(model.theta, model.hessian_diagonal())
-        if count % 5000 == 0:
-            print(f"  {count:,} updates, {time.time() - started:.1f}s", flush=True)
+    output = os.path.join(base, "job")
+    # With delta < 1 every update also pulls coefficients the mini-batch did not touch towards 0 by
+    # (1-delta)*penalty; a forgetting factor close to 1 and a modest penalty keep what is known.
+    penalty, forgetting = 1.0, 0.98
+    command = [sys.executable, "-m", "pipeline", "--input", os.path.join(base, "events", "*.avro"),
+               "--output", output, "--initial-models", offline, "--entity-field", "userId",
+               "--timestamp-field", "timestamp", "--coordinate", COORDINATE, "--minibatch-seconds", "600",
+               "--penalty", str(penalty), "--forgetting-factor", str(forgetting), "--streaming",
+               "--validation-bucket-seconds", str(VALIDATION_BUCKET_SECONDS), "--progress-seconds", "5"]
+    print("\nRunning the job (streaming, DirectRunner):\n  " + " ".join(
+        os.path.relpath(c) if c.startswith(base) else c for c in command[1:]) + "\n", flush=True)
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        print(proc.stdout)
+        print(f"error: the job failed with exit code {proc.returncode}.", file=sys.stderr)
+        return 1
+    print(proc.stdout)
 
-    print(f"\n{len(batches):,} updates of {len(models):,} users in {time.time() - started:.1f}s\n")
-    print("hour  examples  logloss offset-only  logloss +random effects  AUC offset-only  AUC +random effects")
-    for hour in sorted(hourly):
-        b = hourly[hour]
-        base = evaluate(["log_loss", "auc"], np.array(b["offset"]), np.array(b["y"]))
-        full = evaluate(["log_loss", "auc"], np.array(b["re"]), np.array(b["y"]))
-        print(f"{hour:>4}  {len(b['y']):>8,}  {base['log_loss']:>19.4f}  {full['log_loss']:>23.4f}  "
-              f"{base['auc']:>15.4f}  {full['auc']:>19.4f}")
+    summary = json.load(open(os.path.join(output, "summary.json")))
+    report = summary["progressive_validation"]
+    snapshot_dir = os.path.join(output, "random-effect", COORDINATE)
+    models_in_snapshot = len(load_models(snapshot_dir, penalty)[0])
+    print(f"Entities: {models_in_snapshot:,} in the snapshot ({len(counts):,} with impressions, the rest only "
+          "known from the offline model).")
+    corr, pairs = correlation(stream, snapshot_dir, penalty, counts)
+    print(f"\nLearned vs true per-user effects (bias and ad-category affinities, users with >= 8 impressions): "
+          f"correlation {corr:.2f} over {pairs:,} coefficients.")
+    print()
+    print("\n".join(user_story(stream, offline, snapshot_dir, penalty, counts)))
+    png = os.path.join(base, "progressive-logloss.png")
+    if plot(report, png):
+        print(f"\nPlot of progressive log loss over time: {png}")
+    else:
+        print("\n(matplotlib is not installed: pip install -e '.[demo]' for the plot)")
+    overall = report["overall"]
+    print(f"\nOverall: log loss {overall['log_loss_offset_only']:.4f} offset-only -> "
+          f"{overall['log_loss_with_random_effects']:.4f} with random effects; AUC {overall['auc_offset_only']:.4f} -> "
+          f"{overall['auc_with_random_effects']:.4f}.")
+    print(f"Inputs: {os.path.join(base, 'events')} and {offline}; job outputs: {output}. "
+          f"Done in {time.time() - started:.0f}s.")
     return 0
 
 

@@ -13,6 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
+from transforms import progress
 from transforms.formats import NOT_JSON, decode_json_line
 from transforms.io import (
     AvroSink,
@@ -221,6 +222,7 @@ def run(options: PipelineOptions, wait: bool = True):
     """Build and run the job; return (result, paths, seconds)."""
     started = time.time()
     disable_local_state_cache()
+    progress.enable(options.view_as(LambdaLearnerOptions).progress_seconds)
     try:
         pipeline = beam.Pipeline(options=options)
     except ValueError as err:  # Beam's own option validation (runner-specific flags)

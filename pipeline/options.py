@@ -46,6 +46,8 @@ class LambdaLearnerOptions(PipelineOptions):
         add("--validation-bucket-seconds", dest="validation_bucket_seconds", type=float, default=3600.0,
             help="event-time bucket of the progressive-validation report")
         add("--snapshot-shards", dest="snapshot_shards", type=int, default=1)
+        add("--progress-seconds", dest="progress_seconds", type=float, default=0.0,
+            help="print records read and updates made every N seconds (per worker process; 0: off)")
 
 
 def _all_options_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
+from . import progress
 from .examples import DeadLetter, Example, ExampleParser
 from .models import ModelParser, model_record, newer, update_record
 from .state import (
@@ -64,6 +65,7 @@ class ParseExamplesFn(beam.DoFn):
 
     def process(self, record):
         self.read.inc()
+        progress.record_read()
         parsed = self.parser.parse_json_line(record) if isinstance(record, (bytes, str)) else self.parser.parse(record)
         if isinstance(parsed, DeadLetter):
             count_dead_letter(parsed)
@@ -193,6 +195,7 @@ class UpdateRandomEffectsFn(beam.DoFn):
                     continue
                 model = result.model
                 self.updates.inc()
+                progress.update_made()
                 self.trained.inc(len(chunk))
                 self.latency_ms.update(max(0, int(time.time() * 1000) - end))
                 yield update_record(model, num_examples=len(chunk), loss=result.loss, converged=result.converged,
