@@ -167,7 +167,7 @@ def main(argv=None) -> int:
                "--timestamp-field", "timestamp", "--coordinate", COORDINATE, "--minibatch-seconds", "600",
                "--penalty", str(penalty), "--forgetting-factor", str(forgetting), "--streaming",
                "--validation-bucket-seconds", str(VALIDATION_BUCKET_SECONDS), "--progress-seconds", "5"]
-    print("\nRunning the job (streaming, DirectRunner):\n  " + " ".join(
+    print("\nRunning the job (streaming, DirectRunner):\n  python " + " ".join(
         os.path.relpath(c) if c.startswith(base) else c for c in command[1:]) + "\n", flush=True)
     proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
