@@ -44,9 +44,24 @@ class _Writer:
     def u32(self, v: int):
         self.parts.append(_U32.pack(v))
 
+    def varint(self, v: int):
+        """Unsigned LEB128: small counts and lengths take one byte."""
+        if v < 0:
+            raise ValueError(f"cannot encode the negative number {v} as an unsigned varint.")
+        out = bytearray()
+        while True:
+            byte = v & 0x7F
+            v >>= 7
+            if v:
+                out.append(byte | 0x80)
+            else:
+                out.append(byte)
+                break
+        self.parts.append(bytes(out))
+
     def text(self, s: str):
         b = s.encode("utf-8")
-        self.parts.append(_U32.pack(len(b)))
+        self.varint(len(b))
         self.parts.append(b)
 
     def floats(self, a: np.ndarray):
@@ -77,8 +92,19 @@ class _Reader:
     def u32(self) -> int:
         return _U32.unpack(self.take(4))[0]
 
+    def varint(self) -> int:
+        result, shift = 0, 0
+        while True:
+            byte = self.take(1)[0]
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return result
+            shift += 7
+            if shift > 63:
+                raise StateDecodeError("state bytes hold an over-long varint.")
+
     def text(self) -> str:
-        return str(self.take(self.u32()), "utf-8")
+        return str(self.take(self.varint()), "utf-8")
 
     def floats(self, n: int) -> np.ndarray:
         return np.frombuffer(self.take(8 * n), dtype="<f8").astype(np.float64)
@@ -99,12 +125,13 @@ def _check_version(data: bytes, expected: int, what: str) -> None:
 
 
 def encode_model(model: RandomEffectModel) -> bytes:
-    """Version, entity, model version, window end, names, means, then the Hessian (none/diag/full)."""
+    """Version byte; entity; model version, window end and d as varints; d (name, term) pairs;
+    d float64 means; then the Hessian kind byte and d (diagonal) or d*d (full) float64s."""
     w = _Writer(MODEL_STATE_VERSION)
     w.text(model.entity_id)
-    w.i64(int(model.version))
-    w.i64(int(model.window_end_ms))
-    w.u32(len(model.feature_names))
+    w.varint(int(model.version))
+    w.varint(int(model.window_end_ms))
+    w.varint(len(model.feature_names))
     for name, term in model.feature_names:
         w.text(name)
         w.text(term)
@@ -125,9 +152,9 @@ def decode_model(data: bytes) -> RandomEffectModel:
     _check_version(data, MODEL_STATE_VERSION, "Model")
     r = _Reader(data)
     entity = r.text()
-    version = r.i64()
-    window_end = r.i64()
-    d = r.u32()
+    version = r.varint()
+    window_end = r.varint()
+    d = r.varint()
     names = tuple((r.text(), r.text()) for _ in range(d))
     means = r.floats(d)
     kind = r.take(1)[0]
