@@ -1,0 +1,141 @@
+"""The job against Beam's own floor for its data flow, measured in the same run.
+
+(a) ``python -m pipeline`` on synthetic keyed examples, whole process, DirectRunner;
+(b) a no-op stateful Beam job over the same JSON lines: key by entity, buffer in bag state, flush
+    on an event-time timer per mini-batch interval, write one line per flush. That is what any
+    per-entity mini-batch job on Beam pays before doing any work.
+
+Prints wall times and the ratio floor / ours (required >= 0.5, aim >= 0.8), batch and streaming.
+
+    python benchmarks/bench_pipeline.py [--records 30000] [--entities 3000] [--features 3] [--intervals 5]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START_MS = 1_764_028_800_000
+MINUTE_MS = 60_000
+
+
+def write_examples(path, records, entities, features, intervals, seed=0):
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for i in range(records):
+            entity = int(rng.integers(entities))
+            ts = START_MS + int(rng.integers(intervals * MINUTE_MS))
+            feats = [{"name": "f", "term": str(int(t)), "value": float(np.round(rng.normal(), 4))}
+                     for t in rng.choice(50, size=features, replace=False)]
+            f.write(json.dumps({"uid": f"e{i}", "entity": f"n{entity}", "ts": ts, "label": int(rng.random() < 0.3),
+                                "offset": float(np.round(rng.normal(scale=0.5), 4)), "features": feats}) + "\n")
+
+
+def floor_job(argv):
+    """The no-op stateful job (run in a subprocess by ``main``)."""
+    import apache_beam as beam
+    from apache_beam.coders import BytesCoder, VarIntCoder
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.transforms.timeutil import TimeDomain
+    from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+    from apache_beam.transforms.window import GlobalWindows, TimestampedValue
+    from apache_beam.utils.timestamp import Timestamp
+
+    from pipeline.job import disable_local_state_cache
+
+    input_path, output, extra = argv[0], argv[1], argv[2:]
+
+    def key(line):
+        record = json.loads(line)
+        return TimestampedValue((record["entity"], line), record["ts"] / 1000.0)
+
+    class Buffer(beam.DoFn):
+        BAG = BagStateSpec("bag", BytesCoder())
+        NEXT = ReadModifyWriteStateSpec("next", VarIntCoder())
+        FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
+
+        def process(self, kv, ts=beam.DoFn.TimestampParam, bag=beam.DoFn.StateParam(BAG),
+                    nxt=beam.DoFn.StateParam(NEXT), timer=beam.DoFn.TimerParam(FLUSH)):
+            end = (ts.micros // 1000 // MINUTE_MS + 1) * MINUTE_MS
+            bag.add(end.to_bytes(8, "little") + kv[1].encode("utf-8"))
+            pending = nxt.read()
+            if pending is None or end < pending:
+                timer.set(Timestamp(micros=end * 1000))
+                nxt.write(end)
+
+        @on_timer(FLUSH)
+        def flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam, bag=beam.DoFn.StateParam(BAG),
+                  nxt=beam.DoFn.StateParam(NEXT), timer=beam.DoFn.TimerParam(FLUSH)):
+            now = fired.micros // 1000
+            entries = list(bag.read())
+            bag.clear()
+            due = [e for e in entries if int.from_bytes(e[:8], "little") <= now]
+            rest = [e for e in entries if int.from_bytes(e[:8], "little") > now]
+            for e in rest:
+                bag.add(e)
+            if rest:
+                nxt_end = min(int.from_bytes(e[:8], "little") for e in rest)
+                timer.set(Timestamp(micros=nxt_end * 1000))
+                nxt.write(nxt_end)
+            else:
+                nxt.clear()
+            yield f"{key}\t{now}\t{len(due)}"
+
+    disable_local_state_cache()  # the same local-runner setting our job uses, so the floor is fair
+    with beam.Pipeline(options=PipelineOptions(extra)) as p:
+        (p | beam.io.ReadFromText(input_path) | beam.Map(key) | beam.WindowInto(GlobalWindows())
+         | beam.ParDo(Buffer()) | beam.io.WriteToText(os.path.join(output, "flushes")))
+
+
+def timed(cmd):
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=30_000)
+    parser.add_argument("--entities", type=int, default=3_000)
+    parser.add_argument("--features", type=int, default=3)
+    parser.add_argument("--intervals", type=int, default=5)
+    parser.add_argument("--modes", default="batch,streaming")
+    args = parser.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="bench-pipeline-")
+    try:
+        data = os.path.join(work, "examples.jsonl")
+        write_examples(data, args.records, args.entities, args.features, args.intervals)
+        print(f"{args.records:,} records, {args.entities:,} entities, {args.features} features each, "
+              f"{args.intervals} one-minute intervals")
+        results = {}
+        for mode in args.modes.split(","):
+            extra = ["--streaming"] if mode == "streaming" else []
+            floor = timed([sys.executable, os.path.abspath(__file__), "--floor", data, os.path.join(work, f"floor-{mode}"),
+                           *extra])
+            ours = timed([sys.executable, "-m", "pipeline", "--input", data, "--output", os.path.join(work, f"ours-{mode}"),
+                          "--entity-field", "entity", "--timestamp-field", "ts", "--minibatch-seconds", "60", *extra])
+            results[mode] = floor / ours
+            print(f"{mode:<10} floor {floor:6.1f}s   ours {ours:6.1f}s   ratio floor/ours {floor / ours:.2f}"
+                  f"   (required >= 0.5, aim >= 0.8)")
+        ok = all(r >= 0.5 for r in results.values())
+        print("PASS" if ok else "FAIL")
+        return 0 if ok else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--floor":
+        sys.path.insert(0, ROOT)
+        floor_job(sys.argv[2:])
+    else:
+        sys.exit(main())
