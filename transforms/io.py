@@ -13,6 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+from .avro_encoding import MODEL_SCHEMAS, ModelContainerWriter
 from .formats import AVRO, detect_format, load_schema, to_json
 from .models import COEFFICIENTS, ID_INFO, model_class
 
@@ -96,7 +97,10 @@ class AvroSink(fileio.FileSink):
         self._writer = None
 
     def open(self, fh):
-        self._writer = fastavro.write.Writer(fh, load_schema(self.schema_name), codec="deflate")
+        if self.schema_name in MODEL_SCHEMAS:
+            self._writer = ModelContainerWriter(fh, self.schema_name)
+        else:
+            self._writer = fastavro.write.Writer(fh, load_schema(self.schema_name), codec="deflate")
 
     def write(self, record):
         self._writer.write(record)

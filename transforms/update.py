@@ -25,6 +25,7 @@ from .examples import Example
 from .models import RandomEffectModel, cold_model
 
 TRAINERS = ("sequential_bayesian_logistic", "logistic", "linear")
+_DENSE_ENTRIES = 60_000  # below this many matrix entries a mini-batch's design matrix is dense
 HESSIANS = {"full": HessianType.FULL, "diagonal": HessianType.DIAGONAL, "identity": HessianType.IDENTITY,
             "none": HessianType.NONE}
 
@@ -119,18 +120,24 @@ def _expanded(model: RandomEffectModel, examples: Sequence[Example], penalty: fl
     return names, index, theta, precisions, matrix
 
 
-def design_matrix(examples: Sequence[Example], index: Dict, d: int) -> sparse.csr_matrix:
-    """CSR rows of the examples, intercept (column 0) = 1."""
-    columns, values, indptr = [], [], [0]
-    for ex in examples:
-        columns.append(0)
-        values.append(1.0)
+def design_matrix(examples: Sequence[Example], index: Dict, d: int):
+    """Rows of the examples, intercept (column 0) = 1: dense when small (cheaper to build and
+    solve), CSR otherwise. Features are unique within an example, so plain assignment is exact."""
+    rows, columns, values = [], [], []
+    for i, ex in enumerate(examples):
         for name, term, value in ex.features:
+            rows.append(i)
             columns.append(index[(name, term)])
             values.append(value)
-        indptr.append(len(columns))
-    return sparse.csr_matrix((np.array(values), np.array(columns, dtype=np.int32), np.array(indptr, dtype=np.int32)),
-                             shape=(len(examples), d))
+    n = len(examples)
+    if n * d <= _DENSE_ENTRIES:
+        X = np.zeros((n, d))
+        X[:, 0] = 1.0
+        if rows:
+            X[rows, columns] = values
+        return X
+    X = sparse.csr_matrix((values, (rows, columns)), shape=(n, d))
+    return (X + sparse.csr_matrix((np.ones(n), (np.arange(n), np.zeros(n, dtype=np.int64))), shape=(n, d))).tocsr()
 
 
 def train_minibatch(model: Optional[RandomEffectModel], entity_id: str, examples: Sequence[Example],
