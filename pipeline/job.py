@@ -21,9 +21,9 @@ from transforms.io import (
     ReadRecords,
     WriteRecords,
     WriteSnapshot,
-    _read_file_records,
     input_format_of,
     match_files,
+    read_file_records,
 )
 from transforms.models import model_files
 from transforms.random_effects import NAMESPACE, UpdateRandomEffects
@@ -83,7 +83,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
                    | "InitialModelFiles" >> beam.Create(model_files(o.initial_models))
                    | "MatchModels" >> fileio.MatchAll()
                    | "OpenModels" >> fileio.ReadMatches()
-                   | "ModelRecords" >> beam.FlatMap(_read_file_records)
+                   | "ModelRecords" >> beam.FlatMap(read_file_records)
                    | "DecodeJsonModels" >> beam.Map(_json_model))
 
     out = records | "UpdateRandomEffects" >> UpdateRandomEffects(

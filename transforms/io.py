@@ -37,8 +37,7 @@ def input_format_of(pattern: str, explicit: Optional[str]) -> str:
     try:
         return detect_format(pattern)
     except ValueError:
-        pass
-    files = match_files(pattern)
+        files = match_files(pattern)  # the pattern has no data-file extension: look at the files
     formats = set()
     for f in files:
         formats.add(detect_format(f))
@@ -48,7 +47,7 @@ def input_format_of(pattern: str, explicit: Optional[str]) -> str:
     return formats.pop()
 
 
-def _read_file_records(readable_file):
+def read_file_records(readable_file):
     """Records of one matched file: dicts for Avro, raw lines (bytes) for JSON lines."""
     path = readable_file.metadata.path
     with readable_file.open() as f:
@@ -83,7 +82,7 @@ class ReadRecords(beam.PTransform):
                         self.pattern, interval=self.watch_seconds,
                         **({"stop_timestamp": self.stop} if self.stop else {}))
                     | "Open" >> fileio.ReadMatches()
-                    | "Records" >> beam.FlatMap(_read_file_records))
+                    | "Records" >> beam.FlatMap(read_file_records))
         if input_format_of(self.pattern, self.input_format) == AVRO:
             return pbegin | "ReadAvro" >> beam.io.ReadFromAvro(self.pattern)
         return pbegin | "ReadJsonLines" >> beam.io.ReadFromText(self.pattern, coder=BytesCoder(), strip_trailing_newlines=True)
