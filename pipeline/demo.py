@@ -64,12 +64,15 @@ def write_inputs(stream: ClickStream, base: str):
     write_id_info(offline, "userId", "features")
     initial = list(stream.initial_models())
     write_avro(os.path.join(offline, "coefficients", "part-00000.avro"), "BayesianLinearModelAvro", initial)
-    return len(examples), len(broken), len(initial), offline
+    counts = {}
+    for e in examples:
+        user = e["metadataMap"]["userId"]
+        counts[user] = counts.get(user, 0) + 1
+    return len(examples), len(broken), len(initial), offline, counts
 
 
-def correlation(stream: ClickStream, snapshot_dir: str, penalty: float, min_examples: dict):
+def correlation(stream: ClickStream, models: dict, min_examples: dict):
     """Pearson correlation of learned vs true category effects + bias, over users with data."""
-    models, _ = load_models(snapshot_dir, penalty)
     learned, truth = [], []
     end_hours = stream.config.hours
     for user, model in models.items():
@@ -112,10 +115,9 @@ def plot(report: dict, path: str) -> bool:
     return True
 
 
-def user_story(stream, offline_dir, snapshot_dir, penalty, counts):
+def user_story(stream, offline_dir, after: dict, penalty, counts):
     """One user with an offline model and many events: their model before and after, with the truth."""
     before, _ = load_models(offline_dir, penalty)
-    after, _ = load_models(snapshot_dir, penalty)
     candidates = [u for u in before if u in after]
     if not candidates:
         return []
@@ -151,12 +153,9 @@ def main(argv=None) -> int:
     config = StreamConfig(num_users=max(20, int(2000 * args.size)), hours=4.0, impressions_per_user_hour=4.0,
                           seed=args.seed)
     stream = ClickStream(config)
-    n_examples, n_broken, n_models, offline = write_inputs(stream, base)
+    n_examples, n_broken, n_models, offline, counts = write_inputs(stream, base)
     print(f"Simulated {n_examples:,} impressions from {config.num_users:,} users over {config.hours:g} hours "
           f"(+{n_broken} malformed records), and offline models for {n_models:,} users.")
-    counts = {}
-    for e in ClickStream(config).examples():
-        counts[e["userId"]] = counts.get(e["userId"], 0) + 1
 
     output = os.path.join(base, "job")
     # With delta < 1 every update also pulls coefficients the mini-batch did not touch towards 0 by
@@ -179,14 +178,14 @@ def main(argv=None) -> int:
     summary = json.load(open(os.path.join(output, "summary.json")))
     report = summary["progressive_validation"]
     snapshot_dir = os.path.join(output, "random-effect", COORDINATE)
-    models_in_snapshot = len(load_models(snapshot_dir, penalty)[0])
-    print(f"Entities: {models_in_snapshot:,} in the snapshot ({len(counts):,} with impressions, the rest only "
+    learned, _ = load_models(snapshot_dir, penalty)
+    print(f"Entities: {len(learned):,} in the snapshot ({len(counts):,} with impressions, the rest only "
           "known from the offline model).")
-    corr, pairs = correlation(stream, snapshot_dir, penalty, counts)
+    corr, pairs = correlation(stream, learned, counts)
     print(f"\nLearned vs true per-user effects (bias and ad-category affinities, users with >= 8 impressions): "
           f"correlation {corr:.2f} over {pairs:,} coefficients.")
     print()
-    print("\n".join(user_story(stream, offline, snapshot_dir, penalty, counts)))
+    print("\n".join(user_story(stream, offline, learned, penalty, counts)))
     png = os.path.join(base, "progressive-logloss.png")
     if plot(report, png):
         print(f"\nPlot of progressive log loss over time: {png}")

@@ -1,12 +1,11 @@
 """The job's command-line options, as a Beam ``PipelineOptions`` subclass, and their validation."""
 
 import argparse
-import math
 from typing import List
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms.update import HESSIANS, TRAINERS
+from transforms.update import HESSIANS, TRAINERS, UpdateConfig
 
 
 class UsageError(Exception):
@@ -51,17 +50,15 @@ class LambdaLearnerOptions(PipelineOptions):
 
 
 def _all_options_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    # "resolve": an options class seen twice (a re-imported module) just re-adds its own flags.
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
     seen = set()
 
     def visit(cls):
         for sub in cls.__subclasses__():
             if sub not in seen:
                 seen.add(sub)
-                try:
-                    sub._add_argparse_args(parser)
-                except argparse.ArgumentError:
-                    pass  # an option class registered twice (re-imported module): already added
+                sub._add_argparse_args(parser)
                 visit(sub)
 
     visit(PipelineOptions)
@@ -92,17 +89,15 @@ def validate(options: PipelineOptions) -> None:
                         ("--timestamp-field", o.timestamp_field)):
         if not value:
             raise UsageError(f"{flag} is required.")
-    if o.trainer not in TRAINERS:
-        raise UsageError(f"--trainer must be one of {', '.join(TRAINERS)}, got {o.trainer!r}.")
-    if o.hessian not in HESSIANS:
-        raise UsageError(f"--hessian must be one of {', '.join(HESSIANS)}, got {o.hessian!r}.")
-    if not (math.isfinite(o.penalty) and o.penalty >= 0):
-        raise UsageError(f"--penalty must be a finite number >= 0, got {o.penalty}.")
-    if not (math.isfinite(o.forgetting_factor) and 0 <= o.forgetting_factor <= 1):
-        raise UsageError(f"--forgetting-factor must be in [0, 1], got {o.forgetting_factor}.")
-    if not (math.isfinite(o.minibatch_seconds) and o.minibatch_seconds > 0):
-        raise UsageError(f"--minibatch-seconds must be > 0, got {o.minibatch_seconds}.")
-    for flag, value in (("--max-minibatch-size", o.max_minibatch_size), ("--max-features", o.max_features),
+    try:
+        UpdateConfig(trainer=o.trainer, penalty=o.penalty, forgetting_factor=o.forgetting_factor, hessian=o.hessian,
+                     minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
+                     coordinate=o.coordinate or o.entity_field)
+    except ValueError as err:
+        # UpdateConfig names the field first ("forgetting_factor must be ..."): say it as the flag.
+        field, _, rest = str(err).partition(" ")
+        raise UsageError(f"--{field.replace('_', '-')} {rest}") from None
+    for flag, value in (("--max-features", o.max_features),
                         ("--max-model-coefficients", o.max_model_coefficients),
                         ("--snapshot-shards", o.snapshot_shards)):
         if value < 1:

@@ -7,7 +7,6 @@ format.
 
 import functools
 import glob
-import io
 import json
 import math
 import os
@@ -151,9 +150,3 @@ class _Counter:
             self.count += 1
             yield record
 
-
-def avro_bytes(schema_name: str, records: Iterable[dict]) -> bytes:
-    """An Avro container file in memory (for sinks that write bytes)."""
-    buffer = io.BytesIO()
-    write_avro(buffer, schema_name, records)
-    return buffer.getvalue()

@@ -15,7 +15,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from .avro_encoding import MODEL_SCHEMAS, ModelContainerWriter
 from .formats import AVRO, detect_format, load_schema, to_json
-from .models import COEFFICIENTS, ID_INFO, model_class
+from .models import COEFFICIENTS, model_class, write_id_info
 
 
 _EPOCH = Timestamp(0)
@@ -192,9 +192,7 @@ class WriteSnapshot(beam.PTransform):
         self.shards = shards
 
     def expand(self, records):
-        FileSystems.mkdirs(self.base) if not FileSystems.exists(self.base) else None
-        with FileSystems.create(FileSystems.join(self.base, ID_INFO)) as f:
-            f.write(f"{self.entity_field}\n{self.feature_shard}\n".encode("utf-8"))
+        write_id_info(self.base, self.entity_field, self.feature_shard)
         trainer = self.trainer
         keys = ("modelId", "modelClass", "means", "variances", "lossFunction")
         return (records

@@ -259,11 +259,12 @@ def update_record(model: RandomEffectModel, *, num_examples: int, loss: Optional
 
 
 def write_id_info(coordinate_dir: str, entity_field: str, feature_shard: str) -> str:
-    """Photon's ``id-info``: the entity field and the feature shard, one per line."""
-    os.makedirs(coordinate_dir, exist_ok=True)
-    path = os.path.join(coordinate_dir, ID_INFO)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(f"{entity_field}\n{feature_shard}\n")
+    """Photon's ``id-info``: the entity field and the feature shard, one per line (local or gs://)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    path = FileSystems.join(coordinate_dir, ID_INFO)
+    with FileSystems.create(path) as f:
+        f.write(f"{entity_field}\n{feature_shard}\n".encode("utf-8"))
     return path
 
 

@@ -32,7 +32,8 @@ HESSIANS = {"full": HessianType.FULL, "diagonal": HessianType.DIAGONAL, "identit
 
 @dataclass(frozen=True)
 class UpdateConfig:
-    """What every entity's update uses; validated on construction (``ValueError`` with one sentence)."""
+    """What every entity's update uses; validated on construction: ``ValueError`` with one sentence that
+    starts with the offending field's name (the command line turns it into the flag's name)."""
 
     trainer: str = "sequential_bayesian_logistic"
     penalty: float = 10.0
@@ -50,13 +51,13 @@ class UpdateConfig:
         if not (math.isfinite(self.penalty) and self.penalty >= 0):
             raise ValueError(f"penalty must be a finite number >= 0, got {self.penalty}.")
         if not (math.isfinite(self.forgetting_factor) and 0 <= self.forgetting_factor <= 1):
-            raise ValueError(f"forgetting factor must be in [0, 1], got {self.forgetting_factor}.")
+            raise ValueError(f"forgetting_factor must be in [0, 1], got {self.forgetting_factor}.")
         if not (math.isfinite(self.minibatch_seconds) and self.minibatch_seconds > 0):
-            raise ValueError(f"minibatch seconds must be > 0, got {self.minibatch_seconds}.")
+            raise ValueError(f"minibatch_seconds must be > 0, got {self.minibatch_seconds}.")
         if self.minibatch_ms != self.minibatch_seconds * 1000:
-            raise ValueError(f"minibatch seconds must be a whole number of milliseconds, got {self.minibatch_seconds}.")
+            raise ValueError(f"minibatch_seconds must be a whole number of milliseconds, got {self.minibatch_seconds}.")
         if self.max_minibatch_size < 1:
-            raise ValueError(f"max minibatch size must be >= 1, got {self.max_minibatch_size}.")
+            raise ValueError(f"max_minibatch_size must be >= 1, got {self.max_minibatch_size}.")
         if not self.coordinate or "/" in self.coordinate:
             raise ValueError(f"coordinate must be a non-empty name without '/', got {self.coordinate!r}.")
 
