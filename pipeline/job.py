@@ -90,7 +90,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
         o.entity_field, o.timestamp_field, trainer=o.trainer, penalty=o.penalty,
         forgetting_factor=o.forgetting_factor, hessian=o.hessian, minibatch_seconds=o.minibatch_seconds,
         max_minibatch_size=o.max_minibatch_size, initial_models=initial, coordinate=coordinate,
-        max_features=o.max_features, max_model_coefficients=o.max_model_coefficients, streaming=streaming)
+        max_features=o.max_features, max_model_coefficients=o.max_model_coefficients,
+        dedup_horizon_seconds=o.dedup_horizon_seconds, streaming=streaming)
 
     paths = {
         "updates": FileSystems.join(o.output, "updates"),
@@ -154,6 +155,8 @@ def summarize(result, options: PipelineOptions, paths: Dict[str, str], seconds: 
         "examples": m.get("examples", 0),
         "examples_trained": m.get("examples_trained", 0),
         "late_examples": m.get("late_examples", 0),
+        "duplicates": m.get("duplicates", 0),
+        "examples_failed": m.get("examples_failed", 0),
         "updates": m.get("updates", 0),
         "failed_updates": m.get("failed_updates", 0),
         "initial_models": m.get("initial_models", 0),
@@ -177,7 +180,8 @@ def format_summary(s: Dict[str, Any]) -> str:
     lines = [
         f"Read {s['records_read']:,} records in {s['seconds']:.1f}s ({s['runner']}, "
         f"{'streaming' if s['streaming'] else 'batch'}).",
-        f"  valid examples      {s['examples']:>10,}   trained {s['examples_trained']:,}, late {s['late_examples']:,}",
+        f"  valid examples      {s['examples']:>10,}   trained {s['examples_trained']:,}, late {s['late_examples']:,}, "
+        f"duplicates {s['duplicates']:,}, in failed updates {s['examples_failed']:,}",
         f"  model updates       {s['updates']:>10,}   failed {s['failed_updates']:,}",
         f"  entities            cold starts {s['cold_start_entities']:,}, initial models loaded {s['initial_models']:,}",
         f"  dead letters        {s['dead_letters']:>10,}",

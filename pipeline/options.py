@@ -36,6 +36,9 @@ class LambdaLearnerOptions(PipelineOptions):
         add("--hessian", dest="hessian", default="diagonal", help=f"one of {', '.join(HESSIANS)}")
         add("--minibatch-seconds", dest="minibatch_seconds", type=float, default=60.0)
         add("--max-minibatch-size", dest="max_minibatch_size", type=int, default=10000)
+        add("--dedup-horizon-seconds", dest="dedup_horizon_seconds", type=float, default=3600.0,
+            help="an example whose uid its entity trained on within this much event time is a duplicate "
+                 "(dead letter, not trained again); 0: off")
         add("--coordinate", dest="coordinate", help="random-effect coordinate name (default: the entity field)")
         add("--feature-shard", dest="feature_shard", default="features", help="feature shard name for id-info")
         add("--max-features", dest="max_features", type=int, default=1000, help="per example")
@@ -92,7 +95,7 @@ def validate(options: PipelineOptions) -> None:
     try:
         UpdateConfig(trainer=o.trainer, penalty=o.penalty, forgetting_factor=o.forgetting_factor, hessian=o.hessian,
                      minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
-                     coordinate=o.coordinate or o.entity_field)
+                     coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds)
     except ValueError as err:
         # UpdateConfig names the field first ("forgetting_factor must be ..."): say it as the flag.
         field, _, rest = str(err).partition(" ")

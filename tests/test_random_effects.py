@@ -26,7 +26,8 @@ from transforms.models import ModelParser, RandomEffectModel
 from transforms.random_effects import NAMESPACE, UpdateRandomEffects, UpdateRandomEffectsFn
 from transforms.state import (
     MODEL_STATE_VERSION,
-    ModelStateCoder,
+    EntityState,
+    EntityStateCoder,
     StateDecodeError,
     decode_example,
     decode_model,
@@ -263,11 +264,11 @@ def _model(matrix=False, hessian=True):
 def test_model_state_coder_round_trips_deterministically_and_is_not_pickle(kind):
     model = _model(matrix=kind == "full", hessian=kind != "none")
     data = encode_model(model)
-    assert data[0] == MODEL_STATE_VERSION == 1
+    assert data[0] == MODEL_STATE_VERSION == 2
     assert not data.startswith(b"\x80")  # no pickle protocol header
-    assert encode_model(model) == data == ModelStateCoder().encode(model)
+    assert encode_model(model) == data == EntityStateCoder().encode(EntityState(model))
     back = decode_model(data)
-    assert ModelStateCoder().decode(data).entity_id == model.entity_id
+    assert EntityStateCoder().decode(data).model.entity_id == model.entity_id
     assert (back.entity_id, back.feature_names, back.version, back.window_end_ms) == \
         (model.entity_id, model.feature_names, 7, T0 + 60_000)
     assert back.means.tobytes() == model.means.tobytes()
@@ -279,9 +280,9 @@ def test_model_state_coder_round_trips_deterministically_and_is_not_pickle(kind)
         assert back.precision_matrix.tobytes() == model.precision_matrix.tobytes()
     else:
         assert back.precision_matrix is None
-    assert ModelStateCoder().is_deterministic()
+    assert EntityStateCoder().is_deterministic()
     # the stateful DoFn really keeps its model state with this coder (not a pickling coder)
-    assert isinstance(UpdateRandomEffectsFn.MODEL.coder, ModelStateCoder)
+    assert isinstance(UpdateRandomEffectsFn.MODEL.coder, EntityStateCoder)
 
 
 @pytest.mark.parametrize("uid", ["imp-1", None])
@@ -294,7 +295,7 @@ def test_example_coder_round_trips(uid):
 
 def test_unknown_state_version_raises_clear_error():
     data = encode_model(_model())
-    with pytest.raises(StateDecodeError, match=r"version 9.*reads version 1"):
+    with pytest.raises(StateDecodeError, match=r"version 9.*reads version\(s\) 1, 2"):
         decode_model(bytes([9]) + data[1:])
     ex = encode_example(Example("u1", T0, "x", 0.0, 1.0, 0.0, ()))
     with pytest.raises(StateDecodeError, match=r"Example state has encoding version 2"):

@@ -23,7 +23,8 @@ from .models import ModelParser, model_record, newer, update_record
 from .state import (
     EXAMPLE_TAG,
     MODEL_TAG,
-    ModelStateCoder,
+    EntityState,
+    EntityStateCoder,
     buffer_batch_end,
     buffer_entry,
     decode_buffer_entry,
@@ -32,7 +33,7 @@ from .state import (
     encode_model,
     example_timestamp,
 )
-from .update import UpdateConfig, chunks, order_minibatch, train_minibatch
+from .update import UpdateConfig, chunks, forget_uids, order_minibatch, split_duplicates, train_minibatch
 
 NAMESPACE = "lambda_learner"
 DEAD_LETTERS, VALIDATION = "dead_letters", "validation"
@@ -98,7 +99,8 @@ class UpdateRandomEffectsFn(beam.DoFn):
     * ``BUFFER`` (bag of bytes): examples waiting for their interval to close, each prefixed with
       the end of the interval it will be trained in. Stored encoded, never decoded until trained.
     * ``MODEL`` (explicit versioned coder): the entity's coefficients, Hessian, feature names,
-      version and the end of its last trained interval.
+      version, the end of its last trained interval, and the uids it trained on within the
+      de-duplication horizon (each with the end of its mini-batch).
     * ``FLUSHED_UNTIL``: end of the last interval flushed; an example whose interval ended at or
       before it is late and joins the next mini-batch instead of being dropped.
     * ``FLUSH_AT``: when the ``FLUSH`` timer is set; Beam keeps one timer time per key, so it only
@@ -109,10 +111,15 @@ class UpdateRandomEffectsFn(beam.DoFn):
     timer re-armed for the next. In batch all input is read before any timer fires, so with
     ``flush_all_due`` the first firing trains every buffered interval, in order, at once: the same
     updates as one firing per interval without re-reading the buffer each time.
+
+    De-duplication (``dedup_horizon_ms`` > 0): before a mini-batch trains, uids of mini-batches that
+    ended a horizon or more before it are forgotten; then an example whose uid the entity still
+    remembers, or that appears earlier in the same mini-batch, is a dead letter with reason
+    "duplicate" instead of being trained again. Only successfully trained uids are remembered.
     """
 
     BUFFER = BagStateSpec("buffer", BytesCoder())
-    MODEL = ReadModifyWriteStateSpec("model", ModelStateCoder())
+    MODEL = ReadModifyWriteStateSpec("model", EntityStateCoder())
     FLUSHED_UNTIL = ReadModifyWriteStateSpec("flushed_until", VarIntCoder())
     FLUSH_AT = ReadModifyWriteStateSpec("flush_at", VarIntCoder())
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
@@ -126,8 +133,10 @@ class UpdateRandomEffectsFn(beam.DoFn):
         self.late = Metrics.counter(NAMESPACE, "late_examples")
         self.trained = Metrics.counter(NAMESPACE, "examples_trained")
         self.failed = Metrics.counter(NAMESPACE, "failed_updates")
+        self.failed_examples = Metrics.counter(NAMESPACE, "examples_failed")
         self.initial = Metrics.counter(NAMESPACE, "initial_models")
         self.cold = Metrics.counter(NAMESPACE, "cold_start_entities")
+        self.duplicates = Metrics.counter(NAMESPACE, "duplicates")
         self.batch_size = Metrics.distribution(NAMESPACE, "minibatch_size")
         self.train_micros = Metrics.distribution(NAMESPACE, "update_train_micros")
         self.latency_ms = Metrics.distribution(NAMESPACE, "update_latency_ms")
@@ -140,7 +149,10 @@ class UpdateRandomEffectsFn(beam.DoFn):
             incoming = decode_model(payload[1:])
             current = model_state.read()
             self.initial.inc()
-            model_state.write(incoming if current is None else newer(current, incoming))
+            if current is None:
+                model_state.write(EntityState(incoming))
+            else:
+                model_state.write(EntityState(newer(current.model, incoming), current.recent_uids))
             return
         encoded = payload[1:]
         batch_end = self.config.batch_end(example_timestamp(encoded))
@@ -172,12 +184,26 @@ class UpdateRandomEffectsFn(beam.DoFn):
         for entry in keep:
             buffer.add(entry)
 
-        model = model_state.read()
-        before = model
+        state = model_state.read()
+        model = state.model if state is not None else None
+        recent = dict(state.recent_uids) if state is not None else {}
+        horizon = self.config.dedup_horizon_ms
+        changed = False
         if model is None and due:
             self.cold.inc()
         for end in sorted(due):
             examples = order_minibatch([decode_buffer_entry(e)[1] for e in due[end]])
+            if horizon:
+                if recent:
+                    before = len(recent)
+                    forget_uids(recent, end, horizon)
+                    changed |= len(recent) != before
+                examples, duplicates = split_duplicates(examples, recent)
+                for ex in duplicates:
+                    self.duplicates.inc()
+                    dead = DeadLetter("duplicate", "dedup", example_to_dict(ex), "duplicate")
+                    count_dead_letter(dead)
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead.to_dict())
             for chunk in chunks(examples, self.config.max_minibatch_size):
                 result = train_minibatch(model, key, chunk, end, self.config)
                 self.batch_size.update(len(chunk))
@@ -189,19 +215,23 @@ class UpdateRandomEffectsFn(beam.DoFn):
                 })
                 if result.failure is not None:
                     self.failed.inc()
+                    self.failed_examples.inc(len(chunk))
                     dead = DeadLetter(result.failure, "train", [example_to_dict(e) for e in chunk], "training")
                     count_dead_letter(dead)
                     yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead.to_dict())
                     continue
                 model = result.model
+                changed = True
+                if horizon:
+                    recent.update((ex.uid, end) for ex in chunk if ex.uid is not None)
                 self.updates.inc()
                 progress.update_made()
                 self.trained.inc(len(chunk))
                 self.latency_ms.update(max(0, int(time.time() * 1000) - end))
                 yield update_record(model, num_examples=len(chunk), loss=result.loss, converged=result.converged,
                                     coordinate=self.config.coordinate, trainer=self.config.trainer)
-        if model is not before:
-            model_state.write(model)
+        if changed:
+            model_state.write(EntityState(model, tuple(recent.items())))
         if due:
             flushed_until.write(max(max(due), flushed_until.read() or 0))
         if keep:
@@ -228,7 +258,8 @@ class UpdateRandomEffects(beam.PTransform):
 
     Parameters mirror the job's flags: ``trainer`` (sequential_bayesian_logistic, logistic, linear),
     ``penalty``, ``forgetting_factor``, ``hessian`` (full, diagonal, identity, none),
-    ``minibatch_seconds``, ``max_minibatch_size``, ``coordinate``. ``streaming=False`` lets the
+    ``minibatch_seconds``, ``max_minibatch_size``, ``coordinate``, ``dedup_horizon_seconds`` (how
+    long, in event time, an entity remembers the uids it trained on; 0: off). ``streaming=False`` lets the
     flush train every buffered interval at the first timer (batch reads all input first).
     """
 
@@ -236,11 +267,12 @@ class UpdateRandomEffects(beam.PTransform):
                  penalty: float = 10.0, forgetting_factor: float = 0.8, hessian: str = "diagonal",
                  minibatch_seconds: float = 60, max_minibatch_size: int = 10000, initial_models=None,
                  coordinate: Optional[str] = None, max_features: int = 1000, max_model_coefficients: int = 100_000,
-                 streaming: bool = True):
+                 dedup_horizon_seconds: float = 3600.0, streaming: bool = True):
         super().__init__()
         self.config = UpdateConfig(trainer=trainer, penalty=penalty, forgetting_factor=forgetting_factor,
                                    hessian=hessian, minibatch_seconds=minibatch_seconds,
-                                   max_minibatch_size=max_minibatch_size, coordinate=coordinate or entity_field)
+                                   max_minibatch_size=max_minibatch_size, coordinate=coordinate or entity_field,
+                                   dedup_horizon_seconds=dedup_horizon_seconds)
         self.example_parser = ExampleParser(entity_field, timestamp_field, binary_labels=self.config.binary_labels,
                                             max_features=max_features)
         self.model_parser = ModelParser(penalty, max_model_coefficients)

@@ -6,10 +6,18 @@ are fixed-width little-endian, strings are length-prefixed UTF-8, and nothing is
 
 Examples travel between steps already encoded (``(entity, b"E" + bytes)``) so that the stateful
 step buffers them without decoding; initial models travel as ``(entity, b"M" + bytes)``.
+
+Entity-state versions (the first byte):
+
+* 1: the model alone.
+* 2: the model, then the uids the entity trained on within the de-duplication horizon, each with
+  the end of the mini-batch it was trained in. Version-1 bytes still decode (with no recent uids),
+  so a job updated in place keeps its models; it starts remembering uids from its next update.
 """
 
 import struct
-from typing import List, Tuple
+from itertools import groupby
+from typing import List, NamedTuple, Tuple
 
 import numpy as np
 from apache_beam import coders
@@ -17,7 +25,8 @@ from apache_beam import coders
 from .examples import Example
 from .models import RandomEffectModel
 
-MODEL_STATE_VERSION = 1
+MODEL_STATE_VERSION = 2
+READABLE_MODEL_STATE_VERSIONS = (1, 2)
 EXAMPLE_VERSION = 1
 EXAMPLE_TAG, MODEL_TAG = b"E", b"M"
 
@@ -30,6 +39,17 @@ _NO_HESSIAN, _DIAGONAL, _FULL = 0, 1, 2
 
 class StateDecodeError(ValueError):
     """State bytes this code cannot read (unknown version, truncated or trailing bytes)."""
+
+
+class EntityState(NamedTuple):
+    """What the job keeps per entity: its model and the uids it trained on recently.
+
+    ``recent_uids`` are ``(uid, end of the mini-batch it was trained in)`` pairs; they are encoded
+    sorted by (end, uid), so equal states encode to equal bytes and decode in that order.
+    """
+
+    model: RandomEffectModel
+    recent_uids: Tuple[Tuple[str, int], ...] = ()
 
 
 class _Writer:
@@ -114,19 +134,22 @@ class _Reader:
             raise StateDecodeError("state bytes have trailing data.")
 
 
-def _check_version(data: bytes, expected: int, what: str) -> None:
+def _check_version(data: bytes, readable: Tuple[int, ...], what: str) -> int:
     if not data:
         raise StateDecodeError(f"{what} state is empty.")
-    if data[0] != expected:
+    if data[0] not in readable:
+        known = ", ".join(map(str, readable))
         raise StateDecodeError(
-            f"{what} state has encoding version {data[0]}, but this code reads version {expected}: "
+            f"{what} state has encoding version {data[0]}, but this code reads version(s) {known}: "
             "run a release of lambda-learner-beam that knows that version."
         )
+    return data[0]
 
 
-def encode_model(model: RandomEffectModel) -> bytes:
-    """Version byte; entity; model version, window end and d as varints; d (name, term) pairs;
-    d float64 means; then the Hessian kind byte and d (diagonal) or d*d (full) float64s."""
+def encode_model(model: RandomEffectModel, recent_uids: Tuple[Tuple[str, int], ...] = ()) -> bytes:
+    """Version byte (2); entity; model version, window end and d as varints; d (name, term) pairs;
+    d float64 means; the Hessian kind byte and d (diagonal) or d*d (full) float64s; then the
+    recent uids: the number of mini-batches, and for each its end, its number of uids and the uids."""
     w = _Writer(MODEL_STATE_VERSION)
     w.text(model.entity_id)
     w.varint(int(model.version))
@@ -144,15 +167,25 @@ def encode_model(model: RandomEffectModel) -> bytes:
         w.floats(model.precisions)
     else:
         w.parts.append(bytes((_NO_HESSIAN,)))
+    # Grouped by mini-batch end: the (6-byte) end is written once per mini-batch, not per uid.
+    groups = [(end, [uid for uid, _ in pairs]) for end, pairs in
+              groupby(sorted(recent_uids, key=lambda p: (p[1], p[0])), key=lambda p: p[1])]
+    w.varint(len(groups))
+    for batch_end, uids in groups:
+        w.varint(int(batch_end))
+        w.varint(len(uids))
+        for uid in uids:
+            w.text(uid)
     return w.getvalue()
 
 
-def decode_model(data: bytes) -> RandomEffectModel:
-    """Inverse of ``encode_model``; ``StateDecodeError`` on an unknown version or bad bytes."""
-    _check_version(data, MODEL_STATE_VERSION, "Model")
+def decode_entity_state(data: bytes) -> EntityState:
+    """Inverse of ``encode_model``, for versions 1 and 2; ``StateDecodeError`` on an unknown
+    version or bad bytes."""
+    version = _check_version(data, READABLE_MODEL_STATE_VERSIONS, "Model")
     r = _Reader(data)
     entity = r.text()
-    version = r.varint()
+    model_version = r.varint()
     window_end = r.varint()
     d = r.varint()
     names = tuple((r.text(), r.text()) for _ in range(d))
@@ -168,8 +201,20 @@ def decode_model(data: bytes) -> RandomEffectModel:
         precisions = None
     else:
         raise StateDecodeError(f"Model state has an unknown Hessian kind {kind}.")
+    recent: Tuple[Tuple[str, int], ...] = ()
+    if version >= 2:
+        pairs = []
+        for _ in range(r.varint()):
+            batch_end, count = r.varint(), r.varint()
+            pairs.extend((r.text(), batch_end) for _ in range(count))
+        recent = tuple(pairs)
     r.done()
-    return RandomEffectModel(entity, names, means, precisions, version, window_end, matrix)
+    return EntityState(RandomEffectModel(entity, names, means, precisions, model_version, window_end, matrix), recent)
+
+
+def decode_model(data: bytes) -> RandomEffectModel:
+    """The model of ``decode_entity_state``."""
+    return decode_entity_state(data).model
 
 
 def encode_example(ex: Example) -> bytes:
@@ -193,7 +238,7 @@ def encode_example(ex: Example) -> bytes:
 
 def decode_example(data: bytes) -> Example:
     """Inverse of ``encode_example``."""
-    _check_version(data, EXAMPLE_VERSION, "Example")
+    _check_version(data, (EXAMPLE_VERSION,), "Example")
     r = _Reader(data)
     timestamp = r.i64()
     entity = r.text()
@@ -223,14 +268,14 @@ def decode_buffer_entry(entry: bytes) -> Tuple[int, Example]:
     return buffer_batch_end(entry), decode_example(entry[8:])
 
 
-class ModelStateCoder(coders.Coder):
-    """Beam coder of ``RandomEffectModel`` state (see ``encode_model``)."""
+class EntityStateCoder(coders.Coder):
+    """Beam coder of ``EntityState`` (see ``encode_model``)."""
 
-    def encode(self, value: RandomEffectModel) -> bytes:
-        return encode_model(value)
+    def encode(self, value: EntityState) -> bytes:
+        return encode_model(value.model, value.recent_uids)
 
-    def decode(self, encoded: bytes) -> RandomEffectModel:
-        return decode_model(encoded)
+    def decode(self, encoded: bytes) -> EntityState:
+        return decode_entity_state(encoded)
 
     def is_deterministic(self) -> bool:
         return True
@@ -238,5 +283,5 @@ class ModelStateCoder(coders.Coder):
 
 def example_timestamp(encoded_example: bytes) -> int:
     """The event time of an encoded example, read without decoding the rest."""
-    _check_version(encoded_example, EXAMPLE_VERSION, "Example")
+    _check_version(encoded_example, (EXAMPLE_VERSION,), "Example")
     return _I64.unpack_from(encoded_example, 1)[0]

@@ -7,7 +7,7 @@ Kept free of Beam so that it can be tested (and replayed) directly: the job's re
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import sparse
@@ -42,6 +42,7 @@ class UpdateConfig:
     minibatch_seconds: float = 60.0
     max_minibatch_size: int = 10_000
     coordinate: str = "per-entity"
+    dedup_horizon_seconds: float = 3600.0
 
     def __post_init__(self):
         if self.trainer not in TRAINERS:
@@ -58,6 +59,11 @@ class UpdateConfig:
             raise ValueError(f"minibatch_seconds must be a whole number of milliseconds, got {self.minibatch_seconds}.")
         if self.max_minibatch_size < 1:
             raise ValueError(f"max_minibatch_size must be >= 1, got {self.max_minibatch_size}.")
+        if not (math.isfinite(self.dedup_horizon_seconds) and self.dedup_horizon_seconds >= 0):
+            raise ValueError(f"dedup_horizon_seconds must be >= 0 (0: off), got {self.dedup_horizon_seconds}.")
+        if self.dedup_horizon_ms != self.dedup_horizon_seconds * 1000:
+            raise ValueError(
+                f"dedup_horizon_seconds must be a whole number of milliseconds, got {self.dedup_horizon_seconds}.")
         if not self.coordinate or "/" in self.coordinate:
             raise ValueError(f"coordinate must be a non-empty name without '/', got {self.coordinate!r}.")
 
@@ -65,6 +71,11 @@ class UpdateConfig:
     def minibatch_ms(self) -> int:
         """Length of a mini-batch interval in milliseconds."""
         return int(round(self.minibatch_seconds * 1000))
+
+    @property
+    def dedup_horizon_ms(self) -> int:
+        """How long (event time) an entity remembers the uids it trained on; 0: no de-duplication."""
+        return int(round(self.dedup_horizon_seconds * 1000))
 
     @property
     def binary_labels(self) -> bool:
@@ -94,6 +105,28 @@ class MinibatchResult(NamedTuple):
 def order_minibatch(examples: Sequence[Example]) -> List[Example]:
     """Examples in training order: by (timestamp, uid), ties broken by content so order never depends on arrival."""
     return sorted(examples, key=lambda e: (e.timestamp_ms, e.uid or "", e.label, e.weight, e.offset, e.features))
+
+
+def split_duplicates(examples: Sequence[Example], recent_uids: Dict[str, int]) -> Tuple[List[Example], List[Example]]:
+    """(fresh, duplicates) of a mini-batch in training order: an example is a duplicate when its uid
+    was trained on recently (``recent_uids``) or appears earlier in the mini-batch. Examples without
+    a uid are never duplicates."""
+    fresh, duplicates, seen = [], [], set()
+    for ex in examples:
+        if ex.uid is not None and (ex.uid in recent_uids or ex.uid in seen):
+            duplicates.append(ex)
+        else:
+            fresh.append(ex)
+            if ex.uid is not None:
+                seen.add(ex.uid)
+    return fresh, duplicates
+
+
+def forget_uids(recent_uids: Dict[str, int], batch_end_ms: int, horizon_ms: int) -> None:
+    """Drop, in place, the uids of mini-batches that ended ``horizon_ms`` or more before ``batch_end_ms``."""
+    cutoff = batch_end_ms - horizon_ms
+    for uid in [u for u, end in recent_uids.items() if end <= cutoff]:
+        del recent_uids[uid]
 
 
 def chunks(examples: Sequence[Example], size: int) -> List[Sequence[Example]]:
