@@ -1,0 +1,143 @@
+"""State evolution: bytes written by earlier and current releases must keep decoding.
+
+The hex strings below are state as it was encoded when each version shipped. They are frozen:
+never regenerate them from the current encoder (that would make the test pass by construction).
+A change to the encoding needs a new version byte, a decoder branch for it, and a new golden value.
+"""
+
+import numpy as np
+import pytest
+
+from lambda_core import INTERCEPT
+from transforms.examples import Example
+from transforms.models import RandomEffectModel
+from transforms.state import (
+    EXAMPLE_VERSION,
+    MODEL_STATE_VERSION,
+    READABLE_MODEL_STATE_VERSIONS,
+    EntityState,
+    EntityStateCoder,
+    StateDecodeError,
+    buffer_entry,
+    decode_buffer_entry,
+    decode_entity_state,
+    decode_example,
+    decode_model,
+    encode_example,
+    encode_model,
+    example_timestamp,
+)
+
+T0 = 1_764_028_800_000
+
+# Version 1 (model only), as encoded by commit 989873e.
+GOLDEN_V1_DIAGONAL = bytes.fromhex(
+    "0106757365722d3703e08cc1c2ab330209696e7465726365707409696e7465726365707402616402c3a9000000000000d03f"
+    "000000000000f8bf0100000000000024400000000000002940")
+GOLDEN_V1_FULL = bytes.fromhex(
+    "0102753201e0d4030209696e7465726365707409696e7465726365707401660131000000000000f03f0000000000000040"
+    "020000000000001040000000000000e03f000000000000e03f0000000000001440")
+GOLDEN_V1_NO_HESSIAN = bytes.fromhex(
+    "0102753300000109696e7465726365707409696e74657263657074000000000000e03f00")
+# Version 2 (model + recent uids grouped by mini-batch end).
+GOLDEN_V2_WITH_UIDS = bytes.fromhex(
+    "0206757365722d3703e08cc1c2ab330209696e7465726365707409696e7465726365707402616402c3a9000000000000d03f"
+    "000000000000f8bf01000000000000244000000000000029400280b8bdc2ab330105696d702d30e08cc1c2ab330205696d70"
+    "2d3105696d702d32")
+GOLDEN_V2_FULL_NO_UIDS = bytes.fromhex(
+    "0202753201e0d4030209696e7465726365707409696e7465726365707401660131000000000000f03f0000000000000040"
+    "020000000000001040000000000000e03f000000000000e03f000000000000144000")
+# Example encoding version 1 (buffered examples), and a buffer entry (mini-batch end + example).
+GOLDEN_EXAMPLE_V1 = bytes.fromhex(
+    "017b5c4fb89a01000006757365722d3701057569642d31000000000000f03f0000000000000040000000000000e0bf0200"
+    "000002616402c3a9000000000000e83f01710178000000000000f0bf")
+GOLDEN_EXAMPLE_V1_NO_UID = bytes.fromhex(
+    "0105000000000000000175000000000000000000000000000000f03f000000000000000000000000")
+GOLDEN_BUFFER_ENTRY = bytes.fromhex("604650b89a010000") + GOLDEN_EXAMPLE_V1
+
+MODEL_1 = RandomEffectModel("user-7", (INTERCEPT, ("ad", "é")), np.array([0.25, -1.5]), np.array([10.0, 12.5]),
+                            3, T0 + 60_000)
+MODEL_2 = RandomEffectModel("u2", (INTERCEPT, ("f", "1")), np.array([1.0, 2.0]), np.array([4.0, 5.0]), 1, 60_000,
+                            np.array([[4.0, 0.5], [0.5, 5.0]]))
+MODEL_3 = RandomEffectModel("u3", (INTERCEPT,), np.array([0.5]), None, 0, 0)
+EXAMPLE = Example("user-7", T0 + 123, "uid-1", 1.0, 2.0, -0.5, (("ad", "é", 0.75), ("q", "x", -1.0)))
+UIDS = (("imp-0", T0), ("imp-1", T0 + 60_000), ("imp-2", T0 + 60_000))
+
+
+def assert_same_model(got: RandomEffectModel, want: RandomEffectModel):
+    assert (got.entity_id, got.feature_names, got.version, got.window_end_ms) == \
+        (want.entity_id, want.feature_names, want.version, want.window_end_ms)
+    assert got.means.tobytes() == want.means.tobytes()
+    for a, b in ((got.precisions, want.precisions), (got.precision_matrix, want.precision_matrix)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("golden, model", [
+    (GOLDEN_V1_DIAGONAL, MODEL_1), (GOLDEN_V1_FULL, MODEL_2), (GOLDEN_V1_NO_HESSIAN, MODEL_3)])
+def test_version_1_state_still_decodes_with_no_recent_uids(golden, model):
+    assert golden[0] == 1
+    state = decode_entity_state(golden)
+    assert_same_model(state.model, model)
+    assert state.recent_uids == ()
+    assert_same_model(EntityStateCoder().decode(golden).model, model)
+    # re-encoding upgrades it to the current version
+    assert encode_model(state.model)[0] == MODEL_STATE_VERSION
+
+
+def test_version_2_state_decodes_and_is_what_the_encoder_writes_today():
+    state = decode_entity_state(GOLDEN_V2_WITH_UIDS)
+    assert_same_model(state.model, MODEL_1)
+    assert state.recent_uids == UIDS
+    assert_same_model(decode_model(GOLDEN_V2_FULL_NO_UIDS), MODEL_2)
+    # Today's encoder writes exactly these bytes, whatever order the uids are given in.
+    assert MODEL_STATE_VERSION == 2 and READABLE_MODEL_STATE_VERSIONS == (1, 2)
+    assert encode_model(MODEL_1, tuple(reversed(UIDS))) == GOLDEN_V2_WITH_UIDS
+    assert EntityStateCoder().encode(EntityState(MODEL_1, UIDS)) == GOLDEN_V2_WITH_UIDS
+    assert encode_model(MODEL_2) == GOLDEN_V2_FULL_NO_UIDS
+
+
+def test_example_and_buffer_encodings_still_decode():
+    assert decode_example(GOLDEN_EXAMPLE_V1) == EXAMPLE
+    assert decode_example(GOLDEN_EXAMPLE_V1_NO_UID) == Example("u", 5, None, 0.0, 1.0, 0.0, ())
+    assert decode_buffer_entry(GOLDEN_BUFFER_ENTRY) == (T0 + 60_000, EXAMPLE)
+    assert example_timestamp(GOLDEN_EXAMPLE_V1) == T0 + 123
+    assert EXAMPLE_VERSION == 1 and encode_example(EXAMPLE) == GOLDEN_EXAMPLE_V1
+    assert buffer_entry(T0 + 60_000, encode_example(EXAMPLE)) == GOLDEN_BUFFER_ENTRY
+
+
+@pytest.mark.parametrize("version", [0, 3, 9, 255])
+def test_unknown_model_state_version_fails_with_a_clear_message(version):
+    data = bytes([version]) + GOLDEN_V2_WITH_UIDS[1:]
+    with pytest.raises(StateDecodeError, match=rf"Model state has encoding version {version}, but this code reads "
+                                               r"version\(s\) 1, 2: run a release of lambda-learner-beam"):
+        decode_entity_state(data)
+    with pytest.raises(StateDecodeError):
+        EntityStateCoder().decode(data)
+
+
+def test_unknown_example_version_and_damaged_bytes_fail_clearly():
+    with pytest.raises(StateDecodeError, match=r"Example state has encoding version 2, but this code reads version\(s\) 1"):
+        decode_example(b"\x02" + GOLDEN_EXAMPLE_V1[1:])
+    with pytest.raises(StateDecodeError, match="empty"):
+        decode_entity_state(b"")
+    for cut in (1, 5, len(GOLDEN_V2_WITH_UIDS) - 1):
+        with pytest.raises(StateDecodeError, match="truncated"):
+            decode_entity_state(GOLDEN_V2_WITH_UIDS[:cut])
+    with pytest.raises(StateDecodeError, match="trailing"):
+        decode_entity_state(GOLDEN_V2_WITH_UIDS + b"\x00")
+    # a version-1 body read as version 2 lacks the uid section: truncated, not silently wrong
+    with pytest.raises(StateDecodeError, match="truncated"):
+        decode_entity_state(b"\x02" + GOLDEN_V1_DIAGONAL[1:])
+
+
+def test_state_round_trips_with_many_uids_and_stays_compact():
+    uids = tuple((f"{i:08x}-impression", T0 + 60_000 * (i % 7)) for i in range(500))
+    data = encode_model(MODEL_1, uids)
+    back = decode_entity_state(data)
+    assert sorted(back.recent_uids) == sorted(uids)
+    assert list(back.recent_uids) == sorted(uids, key=lambda p: (p[1], p[0]))
+    # the mini-batch end is written once per mini-batch: about one byte of overhead per uid
+    uid_bytes = sum(len(u) for u, _ in uids)
+    assert len(data) - len(encode_model(MODEL_1)) <= uid_bytes + len(uids) + 7 * 8
