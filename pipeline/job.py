@@ -14,7 +14,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from transforms import progress
-from transforms.formats import NOT_JSON, decode_json_line
+from transforms.formats import NOT_JSON, decode_json_line, line_text
 from transforms.io import (
     AvroSink,
     JsonLinesSink,
@@ -39,7 +39,7 @@ def _json_model(record):
     """Model records from JSON lines arrive as bytes; Avro ones as dicts."""
     if isinstance(record, bytes):
         value = decode_json_line(record)
-        return record.decode("utf-8", "backslashreplace") if value is NOT_JSON else value
+        return line_text(record) if value is NOT_JSON else value
     return record
 
 

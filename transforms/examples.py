@@ -10,7 +10,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 from lambda_core import INTERCEPT
 
-from .formats import AVRO, NOT_JSON, decode_json_line, detect_format, expand, iter_avro
+from .formats import AVRO, NOT_JSON, decode_json_line, detect_format, expand, iter_avro, line_text, not_json_reason
 
 PHOTON_INTERCEPT = ("(INTERCEPT)", "")
 RESERVED_FEATURES = (INTERCEPT, PHOTON_INTERCEPT)
@@ -99,8 +99,7 @@ class ExampleParser:
         """Parse one JSON-lines line; a line that is not JSON is a dead letter with the raw line."""
         value = decode_json_line(line)
         if value is NOT_JSON:
-            text = line if isinstance(line, str) else line.decode("utf-8", "backslashreplace")
-            return DeadLetter("line is not valid JSON.", "parse", text, "not_json")
+            return DeadLetter(not_json_reason(line), "parse", line_text(line), "not_json")
         return self.parse(value)
 
     def _parse(self, record: Any) -> Example:

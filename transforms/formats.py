@@ -90,11 +90,59 @@ def iter_json_lines(path_or_file) -> Iterator[Tuple[Any, bytes]]:
 
 
 def decode_json_line(line: Union[bytes, str]) -> Any:
-    """The JSON value of one line, or ``NOT_JSON`` if it is not valid UTF-8 JSON."""
+    """The JSON value of one line, or ``NOT_JSON`` if it is not valid UTF-8 JSON or holds a string
+    that is not valid Unicode (a lone surrogate such as ``"\\ud800"``: JSON's grammar allows the
+    escape, but no UTF-8 writer, Beam coder or Avro file can hold the string)."""
     try:
-        return json.loads(line)
+        value = json.loads(line)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         return NOT_JSON
+    if _may_hold_surrogates(line) and _has_lone_surrogate(value):
+        return NOT_JSON
+    return value
+
+
+def not_json_reason(line: Union[bytes, str]) -> str:
+    """Why ``decode_json_line`` returned ``NOT_JSON`` for ``line``, as one sentence."""
+    try:
+        json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return "line is not valid JSON."
+    return "line holds a string with a lone surrogate (e.g. \\ud800), which is not valid Unicode."
+
+
+def line_text(line: Union[bytes, str]) -> str:
+    """A raw line as text that any UTF-8 writer accepts: invalid bytes and lone surrogates are
+    written as backslash escapes."""
+    if isinstance(line, bytes):
+        return line.decode("utf-8", "backslashreplace")
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _may_hold_surrogates(line: Union[bytes, str]) -> bool:
+    # json.loads makes a lone surrogate only from a \u escape or (bytes are decoded with
+    # "surrogatepass") from UTF-8-encoded surrogate bytes, which start with 0xED: a cheap scan
+    # spares the walk over almost every line.
+    if isinstance(line, bytes):
+        return b"\\u" in line or b"\xed" in line
+    return "\\u" in line or not line.isascii()
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]  # iterative: the value may be nested as deep as json.loads allows
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def write_avro(path_or_file, schema_name: str, records: Iterable[dict], codec: str = "deflate") -> int:

@@ -14,7 +14,7 @@ import numpy as np
 from lambda_core import INTERCEPT
 
 from .examples import PHOTON_INTERCEPT, DeadLetter
-from .formats import AVRO, NOT_JSON, detect_format, expand, iter_avro, iter_json_lines, write_avro
+from .formats import AVRO, NOT_JSON, detect_format, expand, iter_avro, iter_json_lines, line_text, write_avro
 
 NameTerm = Tuple[str, str]
 LOGISTIC_MODEL_CLASS = "com.linkedin.photon.ml.supervised.classification.LogisticRegressionModel"
@@ -181,7 +181,7 @@ def read_model_records(path: str, input_format: Optional[str] = None) -> Iterato
             yield from iter_avro(file)
         else:
             for value, raw in iter_json_lines(file):
-                yield value if value is not NOT_JSON else raw.decode("utf-8", "backslashreplace")
+                yield value if value is not NOT_JSON else line_text(raw)
 
 
 def newer(a: RandomEffectModel, b: RandomEffectModel) -> RandomEffectModel:

@@ -55,7 +55,11 @@ def count_dead_letter(dead: DeadLetter) -> None:
 
 
 class ParseExamplesFn(beam.DoFn):
-    """Raw record or JSON line -> ``(entity, encoded example)`` at its event time, or a dead letter."""
+    """Raw record or JSON line -> ``(entity, encoded example)`` at its event time, or a dead letter.
+
+    Blank lines (empty or whitespace) are layout, not records: they are skipped and counted as
+    ``blank_lines``, as every other reader of JSON lines here skips them.
+    """
 
     def __init__(self, parser: ExampleParser):
         self.parser = parser
@@ -63,8 +67,12 @@ class ParseExamplesFn(beam.DoFn):
     def setup(self):
         self.read = Metrics.counter(NAMESPACE, "records_read")
         self.valid = Metrics.counter(NAMESPACE, "examples")
+        self.blank = Metrics.counter(NAMESPACE, "blank_lines")
 
     def process(self, record):
+        if isinstance(record, (bytes, str)) and not record.strip():
+            self.blank.inc()
+            return
         self.read.inc()
         progress.record_read()
         parsed = self.parser.parse_json_line(record) if isinstance(record, (bytes, str)) else self.parser.parse(record)
