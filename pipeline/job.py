@@ -152,6 +152,7 @@ def summarize(result, options: PipelineOptions, paths: Dict[str, str], seconds: 
         "streaming": bool(options.view_as(StandardOptions).streaming),
         "seconds": round(seconds, 2),
         "records_read": m.get("records_read", 0),
+        "blank_lines": m.get("blank_lines", 0),
         "examples": m.get("examples", 0),
         "examples_trained": m.get("examples_trained", 0),
         "late_examples": m.get("late_examples", 0),
