@@ -1,9 +1,14 @@
 """The job's fast paths give the same results as the general code they shortcut."""
 
+import io
 import pickle
 
+import fastavro
 import numpy as np
 
+from lambda_core import INTERCEPT
+from transforms import avro_encoding
+from transforms.models import RandomEffectModel, model_record
 from transforms.validation import ProgressiveValidation, ProgressiveValidationFn
 
 
@@ -42,3 +47,34 @@ def test_validation_accumulators_pickle_folded_and_merge_to_the_same_report():
                 assert got[key] == value, key
             else:
                 assert abs(got[key] - value) <= 1e-12 * max(1.0, abs(value)), key
+
+
+def test_model_record_with_intercept_first_equals_the_general_record():
+    rng = np.random.default_rng(1)
+    for d in (1, 2, 7, 30):
+        names = (INTERCEPT,) + tuple((f"f{j}", "" if j % 3 else f"t{j}") for j in range(d - 1))
+        means = rng.normal(size=d) + 0.5
+        for precisions in (rng.uniform(0.5, 20.0, size=d), None):
+            model = RandomEffectModel("e", names, means, precisions, 4, 120_000)
+            fast = model_record(model, "logistic")
+            # Any positive threshold takes the general path; this one keeps every coefficient here.
+            assert fast == model_record(model, "logistic", sparsity_threshold=5e-324)
+            assert fast["means"][0] == {"name": "(INTERCEPT)", "term": "", "value": means[0]}
+            reordered = RandomEffectModel("e", names[1:] + names[:1], np.roll(means, -1),
+                                          None if precisions is None else np.roll(precisions, -1))
+            assert model_record(reordered, "logistic") == fast
+
+
+def test_avro_string_cache_stays_bounded_and_correct(monkeypatch):
+    monkeypatch.setattr(avro_encoding, "_MAX_ENCODED_STRINGS", 5)
+    records = [{"modelId": f"m{i}", "modelClass": None, "lossFunction": None, "variances": None,
+                "means": [{"name": f"n{i % 7}" + "é" * (i % 3), "term": "t" * (i * 7 % 90), "value": float(i)}]}
+               for i in range(40)]
+    buffer = io.BytesIO()
+    writer = avro_encoding.ModelContainerWriter(buffer, "BayesianLinearModelAvro")
+    for r in records:
+        writer.write(r)
+    writer.flush()
+    assert len(avro_encoding._ENCODED_STRINGS) <= 5
+    buffer.seek(0)
+    assert list(fastavro.reader(buffer)) == records
