@@ -16,7 +16,7 @@ from lambda_core import (
     newton_small,
 )
 from lambda_core._small import _low_rank_gram, low_rank_direction, newton_direction
-from transforms import avro_encoding
+from transforms import avro_encoding, state
 from transforms.examples import Example
 from transforms.models import RandomEffectModel, cold_model, model_record
 from transforms.update import UpdateConfig, train_minibatch, train_minibatch_general, train_minibatch_small
@@ -263,3 +263,36 @@ def test_low_rank_step_equals_the_full_newton_step():
         step = low_rank_direction(rows, _low_rank_gram(rows, r), d2, r, g)
         _close(step, -np.linalg.solve(H, g), "step", 1e-11)
         _close(newton_direction(H.tolist(), g), -np.linalg.solve(H, g), "cholesky step", 1e-11)
+
+
+# --------------------------------------------------------------------------------------------------
+# State coder: the one-byte varint and string fast paths keep the byte format
+
+
+def _leb128(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+@pytest.mark.parametrize("length", [0, 1, 126, 127, 128, 129, 300, 20_000])
+def test_state_strings_and_varints_keep_their_bytes_around_the_one_byte_boundary(length):
+    name = ("é" * length)[:length] if length % 2 else "n" * length
+    encoded_name = name.encode("utf-8")
+    example = Example("entity", 1_764_028_800_123, "uid", 1.0, 0.5, -0.25, ((name, "t", 2.0), ("a", name, 3.0)))
+    data = state.encode_example(example)
+    assert _leb128(len(encoded_name)) + encoded_name + b"\x01t" in data
+    assert state.decode_example(data) == example
+    model = RandomEffectModel(name, (INTERCEPT,) + tuple((f"f{i}", name) for i in range(length % 5)),
+                              np.arange(1.0 + length % 5), np.full(1 + length % 5, 2.0), length, 10**12 + length)
+    blob = state.encode_model(model)
+    assert blob[1:1 + len(_leb128(len(encoded_name)))] == _leb128(len(encoded_name))
+    back = state.decode_model(blob)
+    assert back.entity_id == name and back.feature_names == model.feature_names
+    assert (back.version, back.window_end_ms) == (length, 10**12 + length)
+    for cut in (1, 2, len(blob) // 2, len(blob) - 1):
+        with pytest.raises(state.StateDecodeError):
+            state.decode_model(blob[:cut])
