@@ -26,7 +26,8 @@ _EXP_MAX = 709.0
 # The low-rank Newton step keeps ~16 - log10(ratio) digits: 1e4 leaves ~12, as the tests require.
 _LOW_RANK_MAX_RATIO = 1e4
 
-Row = Tuple[Sequence[int], Sequence[float]]
+# One example's non-zero entries as (column, value) pairs.
+Row = Sequence[Tuple[int, float]]
 
 
 class SmallSolution(NamedTuple):
@@ -142,15 +143,16 @@ def newton_direction(H: List[List[float]], g: Sequence[float]) -> Optional[List[
 
 
 def _low_rank_gram(rows: Sequence[Row], r_diag: Sequence[float]) -> List[List[float]]:
-    """``X R^{-1} X'`` (n x n), fixed for the whole solve: the low-rank step only rescales it."""
-    weighted = [dict(zip(cols, [v / r_diag[c] for c, v in zip(cols, vals)])) for cols, vals in rows]
+    """``X R^{-1} X'`` (n x n, lower triangle), fixed for the whole solve: the low-rank step only
+    rescales it."""
+    weighted = [{c: v / r_diag[c] for c, v in row} for row in rows]
     gram = []
-    for i, (cols, vals) in enumerate(rows):
+    for i, row in enumerate(rows):
         line = []
         for j in range(i + 1):
             other = weighted[j]
             acc = 0.0
-            for c, v in zip(cols, vals):
+            for c, v in row:
                 x = other.get(c)
                 if x is not None:
                     acc += v * x
@@ -159,77 +161,72 @@ def _low_rank_gram(rows: Sequence[Row], r_diag: Sequence[float]) -> List[List[fl
     return gram
 
 
-def _solve_at_least_identity(M: List[List[float]], b: List[float]) -> Optional[List[float]]:
-    """Solve ``M z = b`` for the small SPD matrix ``I + S X R^{-1} X' S``; one and two rows (most
-    mini-batches) in closed form, with the same operations as ``cholesky_solve``."""
-    n = len(b)
-    if n == 1:
-        pivot = M[0][0]
-        if not pivot > 0.0:
-            return None
-        root = _sqrt(pivot)
-        z = b[0] / root / root
-        return [z] if _isfinite(z) else None
-    if n == 2:
-        a = M[0][0]
-        if not a > 0.0:
-            return None
-        l00 = _sqrt(a)
-        l10 = M[1][0] / l00
-        pivot = M[1][1] - l10 * l10
-        if not pivot > 0.0:
-            return None
-        l11 = _sqrt(pivot)
-        y0 = b[0] / l00
-        z1 = (b[1] - l10 * y0) / l11 / l11
-        z0 = (y0 - l10 * z1) / l00
-        return [z0, z1] if _isfinite(z0) and _isfinite(z1) else None
-    return cholesky_solve(M, b)
-
-
 def low_rank_direction(rows: Sequence[Row], gram: List[List[float]], d2: Sequence[float],
-                       r_diag: Sequence[float], g: Sequence[float]) -> Optional[List[float]]:
-    """The Newton step ``-H^{-1} g`` for ``H = R + X' diag(d2) X``, ``R = diag(r) > 0``, when X has
-    fewer rows than columns: through the n x n system of the Woodbury identity instead of the k x k one,
+                       r_diag: Sequence[float], g: Sequence[float]) -> Optional[Tuple[List[float], float]]:
+    """The Newton step ``-H^{-1} g`` and the decrement ``g' H^{-1} g`` for ``H = R + X' diag(d2) X``,
+    ``R = diag(r) > 0``, when X has fewer rows than columns: through the n x n system of the Woodbury
+    identity instead of the k x k one,
     ``H^{-1} = R^{-1} - R^{-1} X' S (I + S X R^{-1} X' S)^{-1} S X R^{-1}`` with ``S = diag(sqrt(d2))``
     and ``gram = X R^{-1} X'`` (lower triangle).
 
-    ``I + S X R^{-1} X' S`` has every eigenvalue >= 1, so its Cholesky factor is well conditioned.
-    None when something is not finite or a second derivative is negative: the caller then takes the
-    k x k path, which handles those exactly as the general trainer does.
+    ``I + S X R^{-1} X' S`` has every eigenvalue >= 1, so its Cholesky factor is well conditioned;
+    one and two examples (most mini-batches) are factored in closed form. None when something is not
+    finite or a second derivative is negative: the caller then takes the k x k path, which handles
+    those exactly as the general trainer does.
     """
     u = [gi / ri for gi, ri in zip(g, r_diag)]
-    roots = []
-    rhs = []
-    for (cols, vals), di in zip(rows, d2):
+    roots, rhs = [], []
+    for row, di in zip(rows, d2):
         if not di >= 0.0:
             return None
         root = _sqrt(di)
         roots.append(root)
         acc = 0.0
-        for c, v in zip(cols, vals):
+        for c, v in row:
             acc += v * u[c]
         rhs.append(root * acc)
     n = len(rows)
-    M = [[0.0] * n for _ in range(n)]
-    for i in range(n):
-        line, ri, Mi = gram[i], roots[i], M[i]
-        for j in range(i):
-            Mi[j] = M[j][i] = ri * roots[j] * line[j]
-        Mi[i] = 1.0 + ri * ri * line[i]
-    z = _solve_at_least_identity(M, rhs)
-    if z is None:
-        return None
-    correction = [0.0] * len(u)
-    for (cols, vals), root, zi in zip(rows, roots, z):
-        rz = root * zi
-        for c, v in zip(cols, vals):
-            correction[c] += v * rz
-    step = [ci / ri - ui for ci, ri, ui in zip(correction, r_diag, u)]
-    for v in step:
-        if not _isfinite(v):
+    if n == 1:
+        pivot = 1.0 + roots[0] * roots[0] * gram[0][0]
+        if not pivot > 0.0:
             return None
-    return step
+        l00 = _sqrt(pivot)
+        z: Sequence[float] = (rhs[0] / l00 / l00,)
+    elif n == 2:
+        r0, r1 = roots
+        pivot = 1.0 + r0 * r0 * gram[0][0]
+        if not pivot > 0.0:
+            return None
+        l00 = _sqrt(pivot)
+        l10 = r1 * r0 * gram[1][0] / l00
+        pivot = 1.0 + r1 * r1 * gram[1][1] - l10 * l10
+        if not pivot > 0.0:
+            return None
+        l11 = _sqrt(pivot)
+        y0 = rhs[0] / l00
+        z1 = (rhs[1] - l10 * y0) / l11 / l11
+        z = ((y0 - l10 * z1) / l00, z1)
+    else:
+        M = [[0.0] * n for _ in range(n)]
+        for i in range(n):
+            line, ri, Mi = gram[i], roots[i], M[i]
+            for j in range(i):
+                Mi[j] = M[j][i] = ri * roots[j] * line[j]
+            Mi[i] = 1.0 + ri * ri * line[i]
+        z = cholesky_solve(M, rhs)
+        if z is None:
+            return None
+    # u becomes H^{-1} g = R^{-1} g - R^{-1} X' S z, the step's negative.
+    for row, root, zi in zip(rows, roots, z):
+        rz = root * zi
+        for c, v in row:
+            u[c] -= v * rz / r_diag[c]
+    decrement = 0.0
+    for gi, ui in zip(g, u):
+        decrement += gi * ui
+    if not _isfinite(decrement + sum(u)):
+        return None
+    return [-v for v in u], decrement
 
 
 def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], offsets: Sequence[float],
@@ -237,8 +234,8 @@ def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], of
                  max_iterations: int = 100, tolerance: float = 1e-12) -> SmallSolution:
     """Minimise ``sum_i w_i loss(y_i, x_i.t + o_i) + ridge/2 |t|^2 + scale/2 (t-center)' diag(precision) (t-center)``.
 
-    ``rows`` are the examples as ``(columns, values)`` over the active columns ``0..k-1`` (intercept
-    included, zero values left out). For the logistic loss ``y`` holds ``-label`` with labels in
+    ``rows`` are the examples as lists of ``(column, value)`` pairs over the active columns ``0..k-1``
+    (intercept included, zero values left out). For the logistic loss ``y`` holds ``-label`` with labels in
     {-1, +1}; for the square loss the raw labels. Iteration, line search and stopping rules are those
     of ``NewtonTrainer._solve``; on failure ``theta`` is ``center`` and ``warnflag`` is ``FAILED``.
     """
@@ -255,33 +252,33 @@ def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], of
     if n < k and all(r > 0.0 for r in r_diag):
         bound = [0.0] * k
         factor = 0.25 if logistic else 1.0
-        for (cols, vals), wi in zip(rows, w):
-            for c, v in zip(cols, vals):
+        for row, wi in zip(rows, w):
+            for c, v in row:
                 bound[c] += wi * (v * v)
         if all(factor * b <= _LOW_RANK_MAX_RATIO * r for b, r in zip(bound, r_diag)):
             gram = _low_rank_gram(rows, r_diag)
+    data_rows = list(zip(rows, offsets))
+    # The prior's gradient ridge*t + scale*p*(t - c) as r*t - scale*p*c, the constants hoisted.
+    prior_cols = [(ci, pi, ri, scale * pi * ci) for ci, pi, ri in zip(center, precision, r_diag)]
 
     def evaluate(t):
         margins = []
-        for cols, vals in rows:
+        for row, o in data_rows:
             m = 0.0
-            for c, v in zip(cols, vals):
+            for c, v in row:
                 m += v * t[c]
-            margins.append(m)
-        margins = [m + o for m, o in zip(margins, offsets)]
+            margins.append(m + o)
         data_f, d1, d2 = terms(margins, y, w)
         tt = dp = 0.0
-        prior_g = []
-        for ti, ci, pi in zip(t, center, precision):
+        g = []
+        for ti, (ci, pi, ri, bi) in zip(t, prior_cols):
             dev = ti - ci
-            pdev = pi * dev
             tt += ti * ti
-            dp += dev * pdev
-            prior_g.append(ridge * ti + scale * pdev)
+            dp += dev * (pi * dev)
+            g.append(ri * ti - bi)
         f = data_f + 0.5 * ridge * tt + 0.5 * scale * dp
-        g = prior_g
-        for (cols, vals), di in zip(rows, d1):
-            for c, v in zip(cols, vals):
+        for row, di in zip(rows, d1):
+            for c, v in row:
                 g[c] += v * di
         return f, data_f, d2, g
 
@@ -296,42 +293,51 @@ def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], of
             break
         if nit >= max_iterations:
             break
-        step = low_rank_direction(rows, gram, d2, r_diag, g) if gram is not None else None
-        if step is None:
+        found = low_rank_direction(rows, gram, d2, r_diag, g) if gram is not None else None
+        if found is not None:
+            step, decrement = found
+        else:
             H = [[0.0] * k for _ in range(k)]
-            for (cols, vals), di in zip(rows, d2):
-                for a, va in zip(cols, vals):
+            for row, di in zip(rows, d2):
+                for a, va in row:
                     dva = di * va
                     Ha = H[a]
-                    for b, vb in zip(cols, vals):
+                    for b, vb in row:
                         Ha[b] += dva * vb
             for i in range(k):
                 H[i][i] += r_diag[i]
             step = newton_direction(H, g)
-        if step is None:
-            warnflag, task = FAILED, "SINGULAR HESSIAN"
-            break
-        decrement = 0.0
-        for gi, si in zip(g, step):
-            decrement -= gi * si
+            if step is None:
+                warnflag, task = FAILED, "SINGULAR HESSIAN"
+                break
+            decrement = 0.0
+            for gi, si in zip(g, step):
+                decrement -= gi * si
         if decrement <= tolerance * max(1.0, abs(f)):
             warnflag, task = CONVERGED, "CONVERGENCE: NEWTON DECREMENT BELOW TOLERANCE"
             break
         nit += 1
-        t = 1.0
-        for _ in range(_MAX_HALVINGS):
-            trial = [a + t * s for a, s in zip(theta, step)]
-            evaluated = evaluate(trial)
-            funcalls += 1
-            if evaluated[0] <= f - _ARMIJO * t * decrement:
-                break
-            t *= 0.5
-        else:
-            if decrement <= 1e-6 * max(1.0, abs(f)):
-                warnflag, task = CONVERGED, "CONVERGENCE: NO FURTHER DECREASE AT MACHINE PRECISION"
+        # Armijo backtracking; the full step (t = 1) is taken almost always.
+        trial = [a + s for a, s in zip(theta, step)]
+        evaluated = evaluate(trial)
+        funcalls += 1
+        if not evaluated[0] <= f - _ARMIJO * decrement:
+            t = 1.0
+            for _ in range(_MAX_HALVINGS - 1):
+                t *= 0.5
+                trial = [a + t * s for a, s in zip(theta, step)]
+                evaluated = evaluate(trial)
+                funcalls += 1
+                if evaluated[0] <= f - _ARMIJO * t * decrement:
+                    break
             else:
-                warnflag, task = FAILED, "ABNORMAL_TERMINATION_IN_LNSRCH"
-            break
+                # No decrease is representable any more: the optimum to machine precision if the
+                # predicted decrease is negligible, else the line search failed.
+                if decrement <= 1e-6 * max(1.0, abs(f)):
+                    warnflag, task = CONVERGED, "CONVERGENCE: NO FURTHER DECREASE AT MACHINE PRECISION"
+                else:
+                    warnflag, task = FAILED, "ABNORMAL_TERMINATION_IN_LNSRCH"
+                break
         theta = trial
         f, data_f, d2, g = evaluated
     if warnflag == FAILED:

@@ -232,7 +232,7 @@ def test_newton_small_takes_the_trainers_steps():
         theta0, precision = rng.normal(size=k), rng.uniform(0.5, 20.0, k)
         used = np.any(X, axis=0)
         X, theta0, precision = X[:, used], theta0[used], precision[used]
-        rows = [(np.flatnonzero(r).tolist(), r[r != 0].tolist()) for r in X]
+        rows = [list(zip(np.flatnonzero(r).tolist(), r[r != 0].tolist())) for r in X]
         data = IndexedDataset(X, y, w, offsets)
         for iterations in (1, 2, 100):
             trainer = TrainerSequentialBayesianLogisticLossWithL2(
@@ -260,8 +260,10 @@ def test_low_rank_step_equals_the_full_newton_step():
         for i, (cols, vals) in enumerate(rows):
             X[i, cols] = vals
         H = X.T @ (X * np.array(d2)[:, None]) + np.diag(r)
-        step = low_rank_direction(rows, _low_rank_gram(rows, r), d2, r, g)
+        pairs = [list(zip(cols, vals)) for cols, vals in rows]
+        step, decrement = low_rank_direction(pairs, _low_rank_gram(pairs, r), d2, r, g)
         _close(step, -np.linalg.solve(H, g), "step", 1e-11)
+        _close(decrement, g @ np.linalg.solve(H, g), "decrement", 1e-11)
         _close(newton_direction(H.tolist(), g), -np.linalg.solve(H, g), "cholesky step", 1e-11)
 
 

@@ -189,7 +189,7 @@ def train_minibatch_small(model: RandomEffectModel, entity_id: str, examples: Se
         label = ex.label
         if logistic and label != 1.0 and label != 0.0 and label != -1.0:
             return None  # the trainer raises its ValueError for these
-        cols, vals = [0], [1.0]
+        row = [(0, 1.0)]
         score = theta0[0]
         for name, term, value in ex.features:
             key = (name, term)
@@ -201,10 +201,9 @@ def train_minibatch_small(model: RandomEffectModel, entity_id: str, examples: Se
                 score += value * theta0[j]
             # A zero leaves the column unused, as the trainers' dense scan of the design matrix sees it.
             if value != 0.0:
-                cols.append(j)
-                vals.append(value)
-        used.update(cols)
-        rows.append((cols, vals))
+                row.append((j, value))
+                used.add(j)
+        rows.append(row)
         labels.append(label)
         weights.append(ex.weight)
         offsets.append(ex.offset)
@@ -230,7 +229,7 @@ def train_minibatch_small(model: RandomEffectModel, entity_id: str, examples: Se
     else:
         active = sorted(used)
         local = {g: i for i, g in enumerate(active)}
-        local_rows = [([local[c] for c in cols], vals) for cols, vals in rows]
+        local_rows = [[(local[c], v) for c, v in row] for row in rows]
     y = [(-1.0 if label == 1.0 else 1.0) for label in labels] if logistic else labels
     started = time.perf_counter()
     solution = newton_small(local_rows, y, weights, offsets, [theta0[g] for g in active],
@@ -280,18 +279,19 @@ def train_minibatch_small(model: RandomEffectModel, entity_id: str, examples: Se
         diagonal = [ridge + scale * p for p in precision]
         if hessian_type is HessianType.DIAGONAL:
             squared = [0.0] * k
-            for (cols, vals), d2 in zip(local_rows, solution.d2):
-                for c, v in zip(cols, vals):
+            for row, d2 in zip(local_rows, solution.d2):
+                for c, v in row:
                     squared[c] += d2 * (v * v)
             for i, g in enumerate(active):
                 diagonal[g] = diagonal[g] + squared[i]
             new_precisions = np.array(diagonal)
         else:
             gram = np.zeros((k, k))
-            for (cols, vals), d2 in zip(local_rows, solution.d2):
-                row = np.zeros(k)
-                row[cols] = vals
-                gram += np.outer(row, row * d2)
+            for row, d2 in zip(local_rows, solution.d2):
+                dense = np.zeros(k)
+                for c, v in row:
+                    dense[c] = v
+                gram += np.outer(dense, dense * d2)
             new_matrix = np.diag(diagonal)
             new_matrix[np.ix_(active, active)] += gram
             new_precisions = np.diagonal(new_matrix).copy()
