@@ -16,6 +16,7 @@ from ._logistic import TrainerLogisticLossWithL2
 from ._metrics import auc, evaluate, log_loss, rmse
 from ._ntv import Feature, TrainingRecord
 from ._scoring import sample_coefficients, score_linear_model
+from ._small import SmallSolution, newton_small
 from ._sequential_bayesian import TrainerSequentialBayesianLogisticLossWithL2
 from ._square import TrainerSquareLossWithL2
 
@@ -33,6 +34,8 @@ __all__ = [
     "TrainerSquareLossWithL2",
     "TrainerLogisticLossWithL2",
     "TrainerSequentialBayesianLogisticLossWithL2",
+    "newton_small",
+    "SmallSolution",
     "score_linear_model",
     "sample_coefficients",
     "evaluate",

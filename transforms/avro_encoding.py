@@ -10,7 +10,7 @@ import json
 import os
 import struct
 import zlib
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .formats import raw_schema
 
@@ -40,23 +40,33 @@ def _optional_string(s: Optional[str], out: bytearray) -> None:
         _string(s, out)
 
 
+# Feature names and terms repeat across millions of records: keep their encodings (length prefix +
+# UTF-8). Bounded, so a stream of ever-new strings cannot grow it without limit.
+_ENCODED_STRINGS: Dict[str, bytes] = {}
+_MAX_ENCODED_STRINGS = 100_000
+
+
+def _encoded_string(s: str) -> bytes:
+    encoded = _ENCODED_STRINGS.get(s)
+    if encoded is None:
+        out = bytearray()
+        _string(s, out)
+        encoded = bytes(out)
+        if len(_ENCODED_STRINGS) >= _MAX_ENCODED_STRINGS:
+            _ENCODED_STRINGS.clear()
+        _ENCODED_STRINGS[s] = encoded
+    return encoded
+
+
 def _ntv_array(items, out: bytearray) -> None:
     if items:
         _long(len(items), out)
         pack = _DOUBLE.pack
+        cache = _ENCODED_STRINGS
         for item in items:
-            name = item["name"].encode("utf-8")
-            term = item["term"].encode("utf-8")
-            if len(name) < 64 and len(term) < 64:  # the common case: one-byte lengths
-                out.append(len(name) << 1)
-                out += name
-                out.append(len(term) << 1)
-                out += term
-            else:
-                _long(len(name), out)
-                out += name
-                _long(len(term), out)
-                out += term
+            name, term = item["name"], item["term"]
+            out += cache.get(name) or _encoded_string(name)
+            out += cache.get(term) or _encoded_string(term)
             out += pack(item["value"])
     out.append(0)
 

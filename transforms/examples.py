@@ -14,6 +14,7 @@ from .formats import AVRO, NOT_JSON, decode_json_line, detect_format, expand, it
 
 PHOTON_INTERCEPT = ("(INTERCEPT)", "")
 RESERVED_FEATURES = (INTERCEPT, PHOTON_INTERCEPT)
+_RESERVED = frozenset(RESERVED_FEATURES)
 DEFAULT_MAX_FEATURES = 1000
 # Beam timestamps are microseconds in a signed 64-bit integer; stay well inside that range.
 MAX_TIMESTAMP_MS = 10**15
@@ -145,12 +146,14 @@ class ExampleParser:
                 term = ""
             elif not isinstance(term, str):
                 raise _Reject(f"feature {i} ({name!r}) has a term that is not a string.", "features")
-            value = _number(f.get("value"), f"value of feature ({name!r}, {term!r})", required=True,
-                            category="features")
+            value = f.get("value")
+            # The common case first; the message (two reprs) is only built for a value that fails.
+            if type(value) is not float or not math.isfinite(value):
+                value = _number(value, f"value of feature ({name!r}, {term!r})", required=True, category="features")
             key = (name, term)
             if key in seen:
                 raise _Reject(f"feature ({name!r}, {term!r}) appears more than once.", "features")
-            if key in RESERVED_FEATURES:
+            if key in _RESERVED:
                 raise _Reject(f"feature ({name!r}, {term!r}) is reserved for the intercept, which is added to every record.", "features")
             seen.add(key)
             features.append((name, term, value))
@@ -197,6 +200,8 @@ def _timestamp(value: Any, field: str) -> int:
 
 
 def _number(value: Any, what: str, required: bool = False, default: float = 0.0, category: str = "") -> float:
+    if type(value) is float and math.isfinite(value):  # the common case, checked first
+        return value
     category = category or what
     if value is None:
         if required:

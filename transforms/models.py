@@ -222,6 +222,13 @@ def _ntv_list(names: Sequence[NameTerm], values: Iterable[float]) -> List[dict]:
     return out
 
 
+def _ntv_list_intercept_first(names: Sequence[NameTerm], values: List[float]) -> List[dict]:
+    """``_ntv_list`` when ``names[0]`` is the intercept (and, names being unique, no other one is)."""
+    out = [{"name": name, "term": term, "value": value} for (name, term), value in zip(names, values)]
+    out[0] = {"name": PHOTON_INTERCEPT[0], "term": PHOTON_INTERCEPT[1], "value": values[0]}
+    return out
+
+
 def model_record(model: RandomEffectModel, trainer: str = "sequential_bayesian_logistic",
                  sparsity_threshold: float = 0.0) -> dict:
     """The ``BayesianLinearModelAvro`` record of a model, intercept first as ``("(INTERCEPT)", "")``.
@@ -229,6 +236,17 @@ def model_record(model: RandomEffectModel, trainer: str = "sequential_bayesian_l
     Coefficients with ``|mean| < sparsity_threshold`` are dropped (never the intercept); the default
     0 keeps all of them.
     """
+    names = model.feature_names
+    if not sparsity_threshold > 0 and names and names[0] == INTERCEPT:
+        # Every model the job builds has the intercept first and keeps all coefficients: one pass each.
+        precisions = model.precisions
+        return {
+            "modelId": model.entity_id,
+            "modelClass": model_class(trainer),
+            "means": _ntv_list_intercept_first(names, model.means.tolist()),
+            "variances": None if precisions is None else _ntv_list_intercept_first(names, (1.0 / precisions).tolist()),
+            "lossFunction": "",
+        }
     keep = [i for i, nt in enumerate(model.feature_names)
             if nt == INTERCEPT or not abs(model.means[i]) < sparsity_threshold]
     # The intercept is index 0 of every model we build; keep it first whatever the input order was.

@@ -35,6 +35,7 @@ _U32 = struct.Struct("<I")
 _F64 = struct.Struct("<d")
 _F64x3 = struct.Struct("<ddd")
 _NO_HESSIAN, _DIAGONAL, _FULL = 0, 1, 2
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]  # the varints 0..127
 
 
 class StateDecodeError(ValueError):
@@ -66,6 +67,9 @@ class _Writer:
 
     def varint(self, v: int):
         """Unsigned LEB128: small counts and lengths take one byte."""
+        if 0 <= v < 0x80:  # almost every count and string length: a ready-made byte
+            self.parts.append(_ONE_BYTE[v])
+            return
         if v < 0:
             raise ValueError(f"cannot encode the negative number {v} as an unsigned varint.")
         out = bytearray()
@@ -81,7 +85,10 @@ class _Writer:
 
     def text(self, s: str):
         b = s.encode("utf-8")
-        self.varint(len(b))
+        if len(b) < 0x80:
+            self.parts.append(_ONE_BYTE[len(b)])
+        else:
+            self.varint(len(b))
         self.parts.append(b)
 
     def floats(self, a: np.ndarray):
@@ -113,6 +120,10 @@ class _Reader:
         return _U32.unpack(self.take(4))[0]
 
     def varint(self) -> int:
+        pos = self.pos
+        if pos < len(self.buf) and self.buf[pos] < 0x80:  # one byte: almost every count and length
+            self.pos = pos + 1
+            return self.buf[pos]
         result, shift = 0, 0
         while True:
             byte = self.take(1)[0]
@@ -124,6 +135,13 @@ class _Reader:
                 raise StateDecodeError("state bytes hold an over-long varint.")
 
     def text(self) -> str:
+        buf, pos = self.buf, self.pos
+        if pos < len(buf):
+            n = buf[pos]
+            end = pos + 1 + n
+            if n < 0x80 and end <= len(buf):  # a one-byte length, the common case
+                self.pos = end
+                return str(buf[pos + 1:end], "utf-8")
         return str(self.take(self.varint()), "utf-8")
 
     def floats(self, n: int) -> np.ndarray:

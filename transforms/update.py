@@ -19,6 +19,7 @@ from lambda_core import (
     TrainerLogisticLossWithL2,
     TrainerSequentialBayesianLogisticLossWithL2,
     TrainerSquareLossWithL2,
+    newton_small,
 )
 
 from .examples import Example
@@ -26,6 +27,9 @@ from .models import RandomEffectModel, cold_model
 
 TRAINERS = ("sequential_bayesian_logistic", "logistic", "linear")
 _DENSE_ENTRIES = 60_000  # below this many matrix entries a mini-batch's design matrix is dense
+# Up to about this many (examples x active columns), plain Python beats the trainers' per-call numpy
+# and scipy overhead (measured with benchmarks/bench_small.py: see the README).
+SMALL_MAX_ENTRIES = 100
 HESSIANS = {"full": HessianType.FULL, "diagonal": HessianType.DIAGONAL, "identity": HessianType.IDENTITY,
             "none": HessianType.NONE}
 
@@ -180,7 +184,165 @@ def train_minibatch(model: Optional[RandomEffectModel], entity_id: str, examples
 
     The update is the core trainer with the entity's current means and precisions as the prior,
     every known coefficient included; new features start at mean 0 with precision ``penalty``.
+    Small problems with a diagonal prior (the common case: a few examples, a few features) take a
+    plain-Python path with the same iteration as the trainers; the rest go through the trainers.
     """
+    if model is None:
+        model = cold_model(entity_id, config.penalty)
+    if model.precision_matrix is None and len(examples) <= SMALL_MAX_ENTRIES:
+        result = train_minibatch_small(model, entity_id, examples, window_end_ms, config)
+        if result is not None:
+            return result
+    return train_minibatch_general(model, entity_id, examples, window_end_ms, config)
+
+
+def train_minibatch_small(model: RandomEffectModel, entity_id: str, examples: Sequence[Example],
+                          window_end_ms: int, config: UpdateConfig) -> Optional[MinibatchResult]:
+    """``train_minibatch`` for a small problem with a diagonal prior, on lists of floats; None when it
+    does not apply (more than ``SMALL_MAX_ENTRIES`` examples x active columns, a full prior matrix, no
+    penalty, labels the trainer would reject), so that the caller takes the general path.
+
+    Same index map, prior, solver steps (``lambda_core.newton_small`` mirrors the trainers' Newton
+    iteration), closed form for untouched columns and Hessian as ``train_minibatch_general``; the
+    results agree to rounding. Features are unique within an example (the parser guarantees it).
+    """
+    # Without a penalty the optimum may be a ray or a subspace (separable or under-determined data),
+    # or so flat that rounding moves it: any two solvers legitimately disagree there. Leave those to
+    # the general path, so that the small one only meets problems with a positive prior everywhere.
+    if model.precision_matrix is not None or not config.penalty > 0:
+        return None
+    logistic = config.trainer != "linear"
+    names = list(model.feature_names)
+    index = {nt: i for i, nt in enumerate(names)}
+    d_old = len(names)
+    theta0 = model.means.tolist()
+    rows, used = [], {0}
+    labels, weights, offsets, model_scores = [], [], [], []
+    for ex in examples:
+        label = ex.label
+        if logistic and label != 1.0 and label != 0.0 and label != -1.0:
+            return None  # the trainer raises its ValueError for these
+        row = [(0, 1.0)]
+        score = theta0[0]
+        for name, term, value in ex.features:
+            key = (name, term)
+            j = index.get(key)
+            if j is None:
+                j = index[key] = len(names)
+                names.append(key)
+            elif j < d_old:
+                score += value * theta0[j]
+            # A zero leaves the column unused, as the trainers' dense scan of the design matrix sees it.
+            if value != 0.0:
+                row.append((j, value))
+                used.add(j)
+        rows.append(row)
+        labels.append(label)
+        weights.append(ex.weight)
+        offsets.append(ex.offset)
+        model_scores.append(score + ex.offset)
+    k = len(used)
+    if k * len(rows) > SMALL_MAX_ENTRIES:
+        return None
+    d = len(names)
+    penalty = float(config.penalty)
+    if config.trainer == "sequential_bayesian_logistic":
+        delta = float(config.forgetting_factor)
+        ridge, scale = (1.0 - delta) * penalty, delta
+        precision = [penalty] * d_old if model.precisions is None else model.precisions.tolist()
+    else:
+        ridge, scale = penalty, 0.0
+        precision = [0.0] * d_old
+    if d > d_old:
+        theta0 += [0.0] * (d - d_old)
+        precision += [penalty if scale else 0.0] * (d - d_old)
+
+    if k == d:
+        active, local_rows = range(d), rows
+    else:
+        active = sorted(used)
+        local = {g: i for i, g in enumerate(active)}
+        local_rows = [[(local[c], v) for c, v in row] for row in rows]
+    y = [(-1.0 if label == 1.0 else 1.0) for label in labels] if logistic else labels
+    started = time.perf_counter()
+    solution = newton_small(local_rows, y, weights, offsets, [theta0[g] for g in active],
+                            [precision[g] for g in active], ridge, scale, logistic)
+    seconds = time.perf_counter() - started
+    labels_a, weights_a, offsets_a = np.array(labels), np.array(weights), np.array(offsets)
+    scores_a = np.array(model_scores)
+
+    def failed(reason: str) -> MinibatchResult:
+        return MinibatchResult(model, len(examples), None, False, reason, labels_a, weights_a, offsets_a, scores_a,
+                               seconds)
+
+    if solution.warnflag == 2:
+        return failed(f"training failed ({solution.task}); the entity keeps its previous model.")
+    if k == d:
+        theta = solution.theta
+        loss = solution.loss
+    else:
+        # Columns the mini-batch does not touch decouple under a diagonal prior: closed-form optimum
+        # (the prior mean shrunk by the forgetting factor), or the prior mean when nothing holds it.
+        theta = []
+        for c, p in zip(theta0, precision):
+            denom = ridge + scale * p
+            theta.append(scale * p * c / denom if denom > 0 else c)
+        for i, g in enumerate(active):
+            theta[g] = solution.theta[i]
+        tt = dp = 0.0
+        for t, c, p in zip(theta, theta0, precision):
+            dev = t - c
+            tt += t * t
+            dp += dev * (dev * p)
+        prior = 0.5 * ridge * tt
+        if scale:
+            prior += 0.5 * scale * dp
+        loss = solution.data_loss + prior
+    for t in theta:
+        if not math.isfinite(t):
+            return failed("training produced non-finite coefficients; the entity keeps its previous model.")
+
+    hessian_type = HESSIANS[config.hessian]
+    new_matrix = None
+    if hessian_type is HessianType.NONE:
+        new_precisions = None
+    elif hessian_type is HessianType.IDENTITY:
+        new_precisions = np.ones(d)
+    else:
+        diagonal = [ridge + scale * p for p in precision]
+        if hessian_type is HessianType.DIAGONAL:
+            squared = [0.0] * k
+            for row, d2 in zip(local_rows, solution.d2):
+                for c, v in row:
+                    squared[c] += d2 * (v * v)
+            for i, g in enumerate(active):
+                diagonal[g] = diagonal[g] + squared[i]
+            new_precisions = np.array(diagonal)
+        else:
+            gram = np.zeros((k, k))
+            for row, d2 in zip(local_rows, solution.d2):
+                dense = np.zeros(k)
+                for c, v in row:
+                    dense[c] = v
+                gram += np.outer(dense, dense * d2)
+            new_matrix = np.diag(diagonal)
+            new_matrix[np.ix_(active, active)] += gram
+            new_precisions = np.diagonal(new_matrix).copy()
+            diagonal = new_precisions.tolist()
+        for h in diagonal:
+            if not 0.0 < h < math.inf:
+                return failed("training produced a Hessian that is not positive and finite; the entity keeps "
+                              "its previous model.")
+    updated = RandomEffectModel(entity_id, tuple(names), np.array(theta), new_precisions, model.version + 1,
+                                window_end_ms, new_matrix)
+    return MinibatchResult(updated, len(examples), float(loss), solution.warnflag == 0, None, labels_a,
+                           weights_a, offsets_a, scores_a, seconds)
+
+
+def train_minibatch_general(model: Optional[RandomEffectModel], entity_id: str, examples: Sequence[Example],
+                            window_end_ms: int, config: UpdateConfig) -> MinibatchResult:
+    """``train_minibatch`` through the lambda_core trainer classes, for any size and any prior: the
+    reference the small-problem path is tested against."""
     if model is None:
         model = cold_model(entity_id, config.penalty)
     names, index, theta0, precisions, matrix = _expanded(model, examples, config.penalty)

@@ -34,11 +34,16 @@ def histogram_auc(pos: np.ndarray, neg: np.ndarray) -> Optional[float]:
 
 
 class _Bucket:
-    """Sums and score histograms of one time bucket. Binned scores are buffered and folded into the
-    histogram in batches: one bincount per ~100k scores instead of four per mini-batch."""
+    """Sums and score histograms of one time bucket.
 
-    __slots__ = ("count", "weight", "loss_offset", "loss_model", "sq_offset", "sq_model", "hist", "_pending",
-                 "_pending_size")
+    Mini-batches are small (a few examples each), so ``add`` only appends their values to plain
+    lists; they are folded into the sums and histograms with a handful of numpy calls per ~100k
+    examples, and always before the bucket is pickled (Beam encodes combine accumulators between
+    stages), so what travels is four histograms and six numbers, never the raw scores.
+    """
+
+    __slots__ = ("count", "weight", "loss_offset", "loss_model", "sq_offset", "sq_model", "hist", "_labels",
+                 "_weights", "_offset_scores", "_model_scores")
     _FOLD_AT = 100_000
 
     def __init__(self):
@@ -46,10 +51,28 @@ class _Bucket:
         self.weight = 0.0
         self.loss_offset = self.loss_model = self.sq_offset = self.sq_model = 0.0
         self.hist = np.zeros((4, _BINS))  # positives/negatives for offset-only and model scores
-        self._pending = []
-        self._pending_size = 0
+        self._clear_pending()
+
+    def _clear_pending(self):
+        self._labels, self._weights, self._offset_scores, self._model_scores = [], [], [], []
 
     def add(self, labels, weights, offset_scores, model_scores):
+        """Add one mini-batch's labels, weights and scores (sequences of floats)."""
+        self._labels.extend(labels)
+        self._weights.extend(weights)
+        self._offset_scores.extend(offset_scores)
+        self._model_scores.extend(model_scores)
+        if len(self._labels) >= self._FOLD_AT:
+            self._fold()
+
+    def _fold(self):
+        if not self._labels:
+            return
+        labels = np.asarray(self._labels, dtype=float)
+        weights = np.asarray(self._weights, dtype=float)
+        offset_scores = np.asarray(self._offset_scores, dtype=float)
+        model_scores = np.asarray(self._model_scores, dtype=float)
+        self._clear_pending()
         positive = labels > 0
         self.count += len(labels)
         self.weight += float(weights.sum())
@@ -59,23 +82,18 @@ class _Bucket:
         self.sq_model += float(weights @ (model_scores - labels) ** 2)
         # Row of the histogram: 0/1 offset-only positive/negative, 2/3 with random effects.
         negative = (~positive).astype(np.int64)
-        self._pending.append((_bin(offset_scores) + negative * _BINS, _bin(model_scores) + (2 + negative) * _BINS,
-                              weights))
-        self._pending_size += len(labels)
-        if self._pending_size >= self._FOLD_AT:
-            self._fold()
-
-    def _fold(self):
-        if not self._pending:
-            return
-        offset_cells = np.concatenate([p[0] for p in self._pending])
-        model_cells = np.concatenate([p[1] for p in self._pending])
-        weights = np.concatenate([p[2] for p in self._pending])
         flat = self.hist.reshape(-1)
-        flat += np.bincount(offset_cells, weights, 4 * _BINS)
-        flat += np.bincount(model_cells, weights, 4 * _BINS)
-        self._pending = []
-        self._pending_size = 0
+        flat += np.bincount(_bin(offset_scores) + negative * _BINS, weights, 4 * _BINS)
+        flat += np.bincount(_bin(model_scores) + (2 + negative) * _BINS, weights, 4 * _BINS)
+
+    def __getstate__(self):
+        self._fold()
+        return (self.count, self.weight, self.loss_offset, self.loss_model, self.sq_offset, self.sq_model, self.hist)
+
+    def __setstate__(self, state):
+        (self.count, self.weight, self.loss_offset, self.loss_model, self.sq_offset, self.sq_model,
+         self.hist) = state
+        self._clear_pending()
 
     def merge(self, other: "_Bucket"):
         self._fold()
@@ -111,9 +129,10 @@ class ProgressiveValidation:
 
     def add(self, record: dict) -> "ProgressiveValidation":
         start = (record["windowEnd"] - 1) // self.bucket_ms * self.bucket_ms
-        bucket = self.buckets.setdefault(start, _Bucket())
-        bucket.add(np.asarray(record["labels"], dtype=float), np.asarray(record["weights"], dtype=float),
-                   np.asarray(record["offsetScores"], dtype=float), np.asarray(record["modelScores"], dtype=float))
+        bucket = self.buckets.get(start)
+        if bucket is None:
+            bucket = self.buckets[start] = _Bucket()
+        bucket.add(record["labels"], record["weights"], record["offsetScores"], record["modelScores"])
         return self
 
     def merge(self, other: "ProgressiveValidation") -> "ProgressiveValidation":
