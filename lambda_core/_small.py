@@ -16,7 +16,7 @@ others in closed form, as the general trainer does.
 import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
-from ._trainer import _ARMIJO, _MAX_HALVINGS, CONVERGED, FAILED, ITERATION_LIMIT
+from ._trainer import _ARMIJO, _MAX_HALVINGS, CONVERGED, FAILED, ITERATION_LIMIT, line_search_exhausted
 
 _exp, _log1p, _sqrt, _isfinite = math.exp, math.log1p, math.sqrt, math.isfinite
 _LOG2 = math.log(2.0)
@@ -331,12 +331,7 @@ def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], of
                 if evaluated[0] <= f - _ARMIJO * t * decrement:
                     break
             else:
-                # No decrease is representable any more: the optimum to machine precision if the
-                # predicted decrease is negligible, else the line search failed.
-                if decrement <= 1e-6 * max(1.0, abs(f)):
-                    warnflag, task = CONVERGED, "CONVERGENCE: NO FURTHER DECREASE AT MACHINE PRECISION"
-                else:
-                    warnflag, task = FAILED, "ABNORMAL_TERMINATION_IN_LNSRCH"
+                warnflag, task = line_search_exhausted(decrement, f)
                 break
         theta = trial
         f, data_f, d2, g = evaluated

@@ -30,6 +30,14 @@ _MAX_HALVINGS = 60
 CONVERGED, ITERATION_LIMIT, FAILED = 0, 1, 2
 
 
+def line_search_exhausted(decrement: float, loss: float) -> Tuple[int, str]:
+    """(warnflag, task) when backtracking finds no decrease any more: that is the optimum to machine
+    precision if the predicted decrease is negligible, else the line search failed."""
+    if decrement <= 1e-6 * max(1.0, abs(loss)):
+        return CONVERGED, "CONVERGENCE: NO FURTHER DECREASE AT MACHINE PRECISION"
+    return FAILED, "ABNORMAL_TERMINATION_IN_LNSRCH"
+
+
 class _DesignMatrix:
     """The training matrix restricted to the columns the optimiser works on, in the cheapest form.
 
@@ -281,12 +289,7 @@ class NewtonTrainer(ABC):
                         break
                     t *= 0.5
                 else:
-                    # No decrease is representable any more: that is the optimum to machine
-                    # precision if the predicted decrease is negligible, else the line search failed.
-                    if decrement <= 1e-6 * max(1.0, abs(f)):
-                        warnflag, task = CONVERGED, "CONVERGENCE: NO FURTHER DECREASE AT MACHINE PRECISION"
-                    else:
-                        warnflag, task = FAILED, "ABNORMAL_TERMINATION_IN_LNSRCH"
+                    warnflag, task = line_search_exhausted(decrement, f)
                     break
                 theta = trial
                 f, data_f, d1, d2, prior_g = evaluated
