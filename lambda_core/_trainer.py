@@ -24,6 +24,10 @@ from ._indexed import HessianType, IndexedDataset, IndexedModel
 # Below this many matrix entries (or above this density) the active design matrix is made dense.
 _DENSE_MAX_ENTRIES = 60_000
 _DENSE_MIN_DENSITY = 0.25
+# A dense problem this wide (k columns, at most k/4 rows) takes Newton-CG steps too: forming and
+# factoring the k x k Hessian costs O(k^3) per step, while the Jacobi-preconditioned Hessian is the
+# identity plus a rank-n term, so CG needs about n + 1 products of O(n k) each.
+_WIDE_MIN_COLUMNS = 256
 _ARMIJO = 1e-4
 _MAX_HALVINGS = 60
 
@@ -249,6 +253,7 @@ class NewtonTrainer(ABC):
             f = data_f + 0.5 * ridge * (t @ t) + 0.5 * scale * (dev @ pdev)
             return f, data_f, d1, d2, ridge * t + scale * pdev
 
+        wide = diagonal_prior and design.dense and k >= _WIDE_MIN_COLUMNS and 4 * n <= k
         theta = center.copy()
         nit = 0
         warnflag, task = ITERATION_LIMIT, "ITERATION LIMIT REACHED"
@@ -263,7 +268,7 @@ class NewtonTrainer(ABC):
                     break
                 if nit >= max_iterations:
                     break
-                if design.dense:
+                if design.dense and not wide:
                     H = design.weighted_gram(d2)
                     if diagonal_prior:
                         H.flat[:: k + 1] += r_diag

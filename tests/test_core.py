@@ -314,3 +314,38 @@ def test_weights_count_in_loss_gradient_and_hessian():
     np.testing.assert_allclose(a.theta, b.theta, rtol=1e-9)
     np.testing.assert_allclose(a.hessian.toarray(), b.hessian.toarray(), rtol=1e-9)
     assert la == pytest.approx(lb, rel=1e-12)
+
+
+@pytest.mark.parametrize("n, d, trainer_cls", [
+    (1, 1001, TrainerSequentialBayesianLogisticLossWithL2), (5, 600, TrainerSequentialBayesianLogisticLossWithL2),
+    (60, 300, TrainerLogisticLossWithL2), (40, 400, TrainerSquareLossWithL2)])
+def test_wide_dense_problems_take_cg_steps_and_reach_the_exact_newton_optimum(n, d, trainer_cls, monkeypatch):
+    """Few examples over many dense columns: Newton-CG (no d x d factorisation) gives the optimum
+    of exact Newton steps."""
+    rng = np.random.default_rng(d)
+    X = rng.normal(size=(n, d))
+    labels = rng.integers(0, 2, size=n).astype(float) if trainer_cls is not TrainerSquareLossWithL2 else rng.normal(size=n)
+    data = IndexedDataset(X, labels, rng.uniform(0.5, 2.0, size=n), rng.normal(scale=0.5, size=n))
+    kwargs = dict(penalty=3.0)
+    if trainer_cls is TrainerSequentialBayesianLogisticLossWithL2:
+        prior = IndexedModel(rng.normal(scale=0.3, size=d), sparse.diags(rng.uniform(1, 20, size=d)).tocsc())
+        kwargs.update(initial_model=prior, delta=0.8)
+    else:
+        kwargs.update(initial_model=IndexedModel(np.zeros(d)))
+
+    def train():
+        return trainer_cls(training_data=data, hessian_type=HessianType.DIAGONAL, **kwargs).train()
+
+    def no_factorisation(*_):
+        raise AssertionError("a wide problem factorised its d x d Hessian")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(lambda_core._trainer, "_newton_direction", no_factorisation)
+        cg_model, cg_loss, cg_meta = train()
+    monkeypatch.setattr(lambda_core._trainer, "_WIDE_MIN_COLUMNS", 10**9)  # exact dense Newton steps
+    exact_model, exact_loss, exact_meta = train()
+    assert cg_meta["warnflag"] == exact_meta["warnflag"] == 0
+    assert cg_loss == pytest.approx(exact_loss, rel=1e-12)
+    # both stop on the Newton decrement (loss optimal to ~1e-12): theta agrees to ~1e-8 here
+    assert np.allclose(cg_model.theta, exact_model.theta, rtol=1e-6, atol=1e-6)
+    assert np.allclose(cg_model.hessian_diagonal(), exact_model.hessian_diagonal(), rtol=1e-7)
