@@ -178,6 +178,31 @@ def design_matrix(examples: Sequence[Example], index: Dict, d: int):
     return (X + sparse.csr_matrix((np.ones(n), (np.arange(n), np.zeros(n, dtype=np.int64))), shape=(n, d))).tocsr()
 
 
+def _outcome(model: RandomEffectModel, names: Sequence, window_end_ms: int, batch, seconds: float, warnflag: int,
+             task: str, theta, loss, hessian) -> MinibatchResult:
+    """The result of a training run, or the failure that keeps the previous model: the optimiser
+    failed, the coefficients are not finite, or the Hessian (``hessian()`` -> (diagonal or None, full
+    matrix or None), only asked for after the other checks) is not positive and finite.
+    ``batch`` is (labels, weights, offset scores, model scores) of the mini-batch."""
+    n = len(batch[0])
+
+    def failed(reason: str) -> MinibatchResult:
+        return MinibatchResult(model, n, None, False, reason + "; the entity keeps its previous model.", *batch,
+                               seconds)
+
+    if warnflag == 2:
+        return failed(f"training failed ({task})")
+    theta = np.asarray(theta, dtype=float)
+    if not np.isfinite(theta).all():
+        return failed("training produced non-finite coefficients")
+    precisions, matrix = hessian()
+    if precisions is not None and not (np.isfinite(precisions).all() and (precisions > 0).all()):
+        return failed("training produced a Hessian that is not positive and finite")
+    updated = RandomEffectModel(model.entity_id, tuple(names), theta, precisions, model.version + 1, window_end_ms,
+                                matrix)
+    return MinibatchResult(updated, n, float(loss), warnflag == 0, None, *batch, seconds)
+
+
 def train_minibatch(model: Optional[RandomEffectModel], entity_id: str, examples: Sequence[Example],
                     window_end_ms: int, config: UpdateConfig) -> MinibatchResult:
     """Score the mini-batch with the current model (progressive validation), then update the model.
@@ -189,7 +214,7 @@ def train_minibatch(model: Optional[RandomEffectModel], entity_id: str, examples
     """
     if model is None:
         model = cold_model(entity_id, config.penalty)
-    if model.precision_matrix is None and len(examples) <= SMALL_MAX_ENTRIES:
+    if len(examples) <= SMALL_MAX_ENTRIES:
         result = train_minibatch_small(model, entity_id, examples, window_end_ms, config)
         if result is not None:
             return result
@@ -268,15 +293,9 @@ def train_minibatch_small(model: RandomEffectModel, entity_id: str, examples: Se
     solution = newton_small(local_rows, y, weights, offsets, [theta0[g] for g in active],
                             [precision[g] for g in active], ridge, scale, logistic)
     seconds = time.perf_counter() - started
-    labels_a, weights_a, offsets_a = np.array(labels), np.array(weights), np.array(offsets)
-    scores_a = np.array(model_scores)
-
-    def failed(reason: str) -> MinibatchResult:
-        return MinibatchResult(model, len(examples), None, False, reason, labels_a, weights_a, offsets_a, scores_a,
-                               seconds)
-
+    batch = (np.array(labels), np.array(weights), np.array(offsets), np.array(model_scores))
     if solution.warnflag == 2:
-        return failed(f"training failed ({solution.task}); the entity keeps its previous model.")
+        return _outcome(model, names, window_end_ms, batch, seconds, 2, solution.task, theta0, None, None)
     if k == d:
         theta = solution.theta
         loss = solution.loss
@@ -298,45 +317,34 @@ def train_minibatch_small(model: RandomEffectModel, entity_id: str, examples: Se
         if scale:
             prior += 0.5 * scale * dp
         loss = solution.data_loss + prior
-    for t in theta:
-        if not math.isfinite(t):
-            return failed("training produced non-finite coefficients; the entity keeps its previous model.")
 
-    hessian_type = HESSIANS[config.hessian]
-    new_matrix = None
-    if hessian_type is HessianType.NONE:
-        new_precisions = None
-    elif hessian_type is HessianType.IDENTITY:
-        new_precisions = np.ones(d)
-    else:
-        diagonal = [ridge + scale * p for p in precision]
+    def hessian():
+        hessian_type = HESSIANS[config.hessian]
+        if hessian_type is HessianType.NONE:
+            return None, None
+        if hessian_type is HessianType.IDENTITY:
+            return np.ones(d), None
+        diagonal = np.array([ridge + scale * p for p in precision])
         if hessian_type is HessianType.DIAGONAL:
             squared = [0.0] * k
             for row, d2 in zip(local_rows, solution.d2):
                 for c, v in row:
                     squared[c] += d2 * (v * v)
             for i, g in enumerate(active):
-                diagonal[g] = diagonal[g] + squared[i]
-            new_precisions = np.array(diagonal)
-        else:
-            gram = np.zeros((k, k))
-            for row, d2 in zip(local_rows, solution.d2):
-                dense = np.zeros(k)
-                for c, v in row:
-                    dense[c] = v
-                gram += np.outer(dense, dense * d2)
-            new_matrix = np.diag(diagonal)
-            new_matrix[np.ix_(active, active)] += gram
-            new_precisions = np.diagonal(new_matrix).copy()
-            diagonal = new_precisions.tolist()
-        for h in diagonal:
-            if not 0.0 < h < math.inf:
-                return failed("training produced a Hessian that is not positive and finite; the entity keeps "
-                              "its previous model.")
-    updated = RandomEffectModel(entity_id, tuple(names), np.array(theta), new_precisions, model.version + 1,
-                                window_end_ms, new_matrix)
-    return MinibatchResult(updated, len(examples), float(loss), solution.warnflag == 0, None, labels_a,
-                           weights_a, offsets_a, scores_a, seconds)
+                diagonal[g] += squared[i]
+            return diagonal, None
+        gram = np.zeros((k, k))
+        for row, d2 in zip(local_rows, solution.d2):
+            dense = np.zeros(k)
+            for c, v in row:
+                dense[c] = v
+            gram += np.outer(dense, dense * d2)
+        matrix = np.diag(diagonal)
+        matrix[np.ix_(active, active)] += gram
+        return np.diagonal(matrix).copy(), matrix
+
+    return _outcome(model, names, window_end_ms, batch, seconds, solution.warnflag, solution.task, theta, loss,
+                    hessian)
 
 
 def train_minibatch_general(model: Optional[RandomEffectModel], entity_id: str, examples: Sequence[Example],
@@ -367,26 +375,11 @@ def train_minibatch_general(model: Optional[RandomEffectModel], entity_id: str, 
     trained, loss, meta = trainer.train()
     seconds = time.perf_counter() - started
 
-    failure = None
-    if meta["warnflag"] == 2:
-        failure = f"training failed ({meta['task']}); the entity keeps its previous model."
-    elif not np.isfinite(trained.theta).all():
-        failure = "training produced non-finite coefficients; the entity keeps its previous model."
-    if failure is not None:
-        return MinibatchResult(model, len(examples), None, False, failure, labels, weights, offsets, model_scores,
-                               seconds)
+    def hessian():
+        if hessian_type is HessianType.FULL:
+            matrix = np.asarray(trained.hessian.toarray())
+            return np.diagonal(matrix).copy(), matrix
+        return trained.hessian_diagonal(), None
 
-    new_matrix = None
-    if hessian_type is HessianType.FULL:
-        new_matrix = np.asarray(trained.hessian.toarray())
-        new_precisions = np.diagonal(new_matrix).copy()
-    else:
-        new_precisions = trained.hessian_diagonal()
-    if new_precisions is not None and not (np.isfinite(new_precisions).all() and (new_precisions > 0).all()):
-        failure = "training produced a Hessian that is not positive and finite; the entity keeps its previous model."
-        return MinibatchResult(model, len(examples), None, False, failure, labels, weights, offsets, model_scores,
-                               seconds)
-    updated = RandomEffectModel(entity_id, tuple(names), trained.theta, new_precisions, model.version + 1,
-                                window_end_ms, new_matrix)
-    return MinibatchResult(updated, len(examples), float(loss), meta["warnflag"] == 0, None, labels, weights,
-                           offsets, model_scores, seconds)
+    return _outcome(model, names, window_end_ms, (labels, weights, offsets, model_scores), seconds,
+                    meta["warnflag"], meta["task"], trained.theta, loss, hessian)
