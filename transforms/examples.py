@@ -10,7 +10,8 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 from lambda_core import INTERCEPT
 
-from .formats import AVRO, NOT_JSON, decode_json_line, detect_format, expand, iter_avro, line_text, not_json_reason
+from .formats import (AVRO, NOT_JSON, decode_json_line, detect_format, expand, is_blank, iter_avro, line_text,
+                      not_json_reason)
 
 PHOTON_INTERCEPT = ("(INTERCEPT)", "")
 RESERVED_FEATURES = (INTERCEPT, PHOTON_INTERCEPT)
@@ -243,5 +244,5 @@ def read_examples(pattern: str, parser: "ExampleParser", input_format: Optional[
         else:
             with open(path, "rb") as f:
                 for line in f:
-                    if line.strip():
+                    if not is_blank(line):
                         yield parser.parse_json_line(line.rstrip(b"\r\n"))

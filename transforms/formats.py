@@ -74,6 +74,11 @@ def iter_avro(path_or_file) -> Iterator[dict]:
 NOT_JSON = object()  # what decode_json_line returns for a line that is not JSON (``null`` is JSON)
 
 
+def is_blank(line: Union[bytes, str]) -> bool:
+    """Whether a JSON-lines line is empty or whitespace: layout, not a record (no copy is made)."""
+    return not line or line.isspace()
+
+
 def iter_json_lines(path_or_file) -> Iterator[Tuple[Any, bytes]]:
     """``(parsed value, raw line)`` for every non-blank line; the value is ``NOT_JSON`` if it is not JSON."""
     close = False
@@ -81,7 +86,7 @@ def iter_json_lines(path_or_file) -> Iterator[Tuple[Any, bytes]]:
         path_or_file, close = open(path_or_file, "rb"), True
     try:
         for line in path_or_file:
-            if not line.strip():
+            if is_blank(line):
                 continue
             yield decode_json_line(line), line.rstrip(b"\r\n")
     finally:

@@ -14,7 +14,7 @@ from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from .avro_encoding import MODEL_SCHEMAS, ModelContainerWriter
-from .formats import AVRO, detect_format, load_schema, to_json
+from .formats import AVRO, detect_format, is_blank, load_schema, to_json
 from .models import COEFFICIENTS, model_class, write_id_info
 
 
@@ -55,7 +55,7 @@ def read_file_records(readable_file):
             yield from fastavro.reader(f)
         else:
             for line in f:
-                if line.strip():
+                if not is_blank(line):
                     yield line.rstrip(b"\r\n")
 
 

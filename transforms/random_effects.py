@@ -19,6 +19,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from . import progress
 from .examples import DeadLetter, Example, ExampleParser
+from .formats import is_blank
 from .models import ModelParser, model_record, newer, update_record
 from .state import (
     EXAMPLE_TAG,
@@ -70,12 +71,13 @@ class ParseExamplesFn(beam.DoFn):
         self.blank = Metrics.counter(NAMESPACE, "blank_lines")
 
     def process(self, record):
-        if isinstance(record, (bytes, str)) and not record.strip():
+        is_line = isinstance(record, (bytes, str))
+        if is_line and is_blank(record):
             self.blank.inc()
             return
         self.read.inc()
         progress.record_read()
-        parsed = self.parser.parse_json_line(record) if isinstance(record, (bytes, str)) else self.parser.parse(record)
+        parsed = self.parser.parse_json_line(record) if is_line else self.parser.parse(record)
         if isinstance(parsed, DeadLetter):
             count_dead_letter(parsed)
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, parsed.to_dict())
