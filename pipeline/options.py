@@ -19,7 +19,9 @@ class LambdaLearnerOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         add = parser.add_argument
         add("--input", dest="input", help="glob of example files (.avro or .jsonl)")
-        add("--input-format", dest="input_format", choices=["avro", "json"], help="override the extension")
+        add("--input-format", dest="input_format", choices=["avro", "json"],
+            help="override the extension of every file read (examples, and initial models unless "
+                 "--initial-models-format says otherwise)")
         add("--input-subscription", dest="input_subscription",
             help="Pub/Sub subscription of JSON examples (projects/P/subscriptions/S), instead of --input")
         add("--watch", dest="watch", action="store_true", help="keep following --input for new files (streaming)")
@@ -28,6 +30,8 @@ class LambdaLearnerOptions(PipelineOptions):
             help="stop following --input after this long (0: never); the job then finishes its work and ends")
         add("--output", dest="output", help="output directory (local or gs://)")
         add("--initial-models", dest="initial_models", help="Photon/GDMix model directory, file or glob")
+        add("--initial-models-format", dest="initial_models_format", choices=["avro", "json"],
+            help="override the model files' extensions (default: --input-format, else by extension)")
         add("--entity-field", dest="entity_field", help="field (or metadataMap key) holding the entity id")
         add("--timestamp-field", dest="timestamp_field", help="field (or metadataMap key) with event time, epoch ms")
         add("--trainer", dest="trainer", default="sequential_bayesian_logistic", help=f"one of {', '.join(TRAINERS)}")
@@ -109,5 +113,7 @@ def validate(options: PipelineOptions) -> None:
         raise UsageError("--watch-interval-seconds must be > 0 and --watch-duration-seconds >= 0.")
     if o.watch and not o.input:
         raise UsageError("--watch follows --input; give --input.")
+    if o.input_subscription and o.input_format == "avro":
+        raise UsageError("--input-subscription messages are JSON examples; --input-format avro does not apply.")
     if (o.watch or o.input_subscription) and not options.view_as(StandardOptions).streaming:
         options.view_as(StandardOptions).streaming = True

@@ -18,8 +18,8 @@ from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from . import progress
-from .examples import DeadLetter, Example, ExampleParser
-from .formats import is_blank
+from .examples import DeadLetter, ExampleParser, record_source, source_payload
+from .formats import NOT_JSON, decode_json_line, is_blank, line_text
 from .models import ModelParser, model_record, newer, update_record
 from .state import (
     EXAMPLE_TAG,
@@ -40,15 +40,6 @@ NAMESPACE = "lambda_learner"
 DEAD_LETTERS, VALIDATION = "dead_letters", "validation"
 
 
-def example_to_dict(ex: Example) -> dict:
-    """A validated example back in the input's field names (for dead letters of failed batches)."""
-    return {
-        "uid": ex.uid, "entityId": ex.entity_id, "timestamp": ex.timestamp_ms, "label": ex.label,
-        "weight": ex.weight, "offset": ex.offset,
-        "features": [{"name": n, "term": t, "value": v} for n, t, v in ex.features],
-    }
-
-
 def count_dead_letter(dead: DeadLetter) -> None:
     """Count a dead letter in Beam Metrics, overall and by stage/category."""
     Metrics.counter(NAMESPACE, "dead_letters").inc()
@@ -58,8 +49,10 @@ def count_dead_letter(dead: DeadLetter) -> None:
 class ParseExamplesFn(beam.DoFn):
     """Raw record or JSON line -> ``(entity, encoded example)`` at its event time, or a dead letter.
 
+    The encoded example keeps the record as it was read, for the dead letters of later stages.
     Blank lines (empty or whitespace) are layout, not records: they are skipped and counted as
-    ``blank_lines``, as every other reader of JSON lines here skips them.
+    ``blank_lines``, as every other reader of JSON lines here skips them. A ``DeadLetter`` from the
+    read step (a file that could not be read) passes through to the dead letters.
     """
 
     def __init__(self, parser: ExampleParser):
@@ -75,6 +68,10 @@ class ParseExamplesFn(beam.DoFn):
         if is_line and is_blank(record):
             self.blank.inc()
             return
+        if isinstance(record, DeadLetter):
+            count_dead_letter(record)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record.to_dict())
+            return
         self.read.inc()
         progress.record_read()
         parsed = self.parser.parse_json_line(record) if is_line else self.parser.parse(record)
@@ -83,16 +80,27 @@ class ParseExamplesFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, parsed.to_dict())
             return
         self.valid.inc()
-        yield TimestampedValue((parsed.entity_id, EXAMPLE_TAG + encode_example(parsed)), parsed.timestamp_ms / 1000.0)
+        encoded = encode_example(parsed, record_source(record))
+        yield TimestampedValue((parsed.entity_id, EXAMPLE_TAG + encoded), parsed.timestamp_ms / 1000.0)
 
 
 class ParseModelsFn(beam.DoFn):
-    """Raw model record -> ``(entity, encoded model)`` at MIN_TIMESTAMP, or a dead letter."""
+    """Raw model record (an Avro dict or a JSON line) -> ``(entity, encoded model)`` at
+    MIN_TIMESTAMP, or a dead letter (a line that is not JSON is one, with the line as text)."""
 
     def __init__(self, parser: ModelParser):
         self.parser = parser
 
     def process(self, record):
+        if isinstance(record, DeadLetter):
+            count_dead_letter(record)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record.to_dict())
+            return
+        if isinstance(record, (bytes, str)):
+            if is_blank(record):
+                return
+            value = decode_json_line(record)
+            record = line_text(record) if value is NOT_JSON else value
         parsed = self.parser.parse(record)
         if isinstance(parsed, DeadLetter):
             count_dead_letter(parsed)
@@ -211,7 +219,7 @@ class UpdateRandomEffectsFn(beam.DoFn):
                 examples, duplicates = split_duplicates(examples, recent)
                 for ex in duplicates:
                     self.duplicates.inc()
-                    dead = DeadLetter("duplicate", "dedup", example_to_dict(ex), "duplicate")
+                    dead = DeadLetter("duplicate", "dedup", source_payload(ex), "duplicate")
                     count_dead_letter(dead)
                     yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead.to_dict())
             for chunk in chunks(examples, self.config.max_minibatch_size):
@@ -226,9 +234,12 @@ class UpdateRandomEffectsFn(beam.DoFn):
                 if result.failure is not None:
                     self.failed.inc()
                     self.failed_examples.inc(len(chunk))
-                    dead = DeadLetter(result.failure, "train", [example_to_dict(e) for e in chunk], "training")
-                    count_dead_letter(dead)
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead.to_dict())
+                    # One dead letter per example, each carrying its record as read, so that the
+                    # mini-batch can be fixed and fed back record by record.
+                    for ex in chunk:
+                        dead = DeadLetter(result.failure, "train", source_payload(ex), "training")
+                        count_dead_letter(dead)
+                        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead.to_dict())
                     continue
                 model = result.model
                 changed = True
