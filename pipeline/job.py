@@ -139,13 +139,20 @@ def read_validation(path: str) -> Dict[str, Any]:
 
 
 def summarize(result, options: PipelineOptions, paths: Dict[str, str], seconds: float) -> Dict[str, Any]:
-    """The run summary: counts, dead letters by reason, progressive validation, where files are."""
+    """The run summary of a finished Beam run (see ``write_summary``)."""
+    return write_summary(metric_values(result), options, paths, seconds)
+
+
+def write_summary(m: Dict[str, Any], options: PipelineOptions, paths: Dict[str, str], seconds: float,
+                  runner: Optional[str] = None) -> Dict[str, Any]:
+    """The run summary from the job's metric values ``m`` (counters by name, distributions as
+    dicts): counts, dead letters by reason, progressive validation, where files are. Written as
+    ``summary.json`` under ``--output`` and returned."""
     o = options.view_as(LambdaLearnerOptions)
-    m = metric_values(result)
     dead_by_reason = {k.split("/", 1)[1]: v for k, v in sorted(m.items()) if k.startswith("dead_letters/")}
     summary = {
         "input": o.input or o.input_subscription,
-        "runner": options.view_as(StandardOptions).runner or "DirectRunner",
+        "runner": runner or options.view_as(StandardOptions).runner or "DirectRunner",
         "streaming": bool(options.view_as(StandardOptions).streaming),
         "seconds": round(seconds, 2),
         "records_read": m.get("records_read", 0),

@@ -85,6 +85,13 @@ def parse_options(argv: List[str]) -> PipelineOptions:
     return options
 
 
+def update_config(o: LambdaLearnerOptions) -> UpdateConfig:
+    """The per-entity update the flags ask for (``ValueError`` naming the field when invalid)."""
+    return UpdateConfig(trainer=o.trainer, penalty=o.penalty, forgetting_factor=o.forgetting_factor, hessian=o.hessian,
+                        minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
+                        coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds)
+
+
 def validate(options: PipelineOptions) -> None:
     """Check the values a user can get wrong; ``UsageError`` names the flag and what to do."""
     o = options.view_as(LambdaLearnerOptions)
@@ -97,9 +104,7 @@ def validate(options: PipelineOptions) -> None:
         if not value:
             raise UsageError(f"{flag} is required.")
     try:
-        UpdateConfig(trainer=o.trainer, penalty=o.penalty, forgetting_factor=o.forgetting_factor, hessian=o.hessian,
-                     minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
-                     coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds)
+        update_config(o)
     except ValueError as err:
         # UpdateConfig names the field first ("forgetting_factor must be ..."): say it as the flag.
         field, _, rest = str(err).partition(" ")

@@ -138,6 +138,17 @@ class ExampleParser:
             return DeadLetter(not_json_reason(line), "parse", line_text(line), "not_json")
         return self.parse(value)
 
+    def parse_as_read(self, record: Any) -> Union[Example, DeadLetter]:
+        """Parse a record as a reader yields it (a JSON line, or a dict from Avro); the example
+        keeps the record itself as its ``source``, for the dead letters of later stages."""
+        if isinstance(record, (bytes, str)):
+            parsed = self.parse_json_line(record)
+        else:
+            parsed = self.parse(record)
+        if isinstance(parsed, DeadLetter):
+            return parsed
+        return parsed._replace(source=record_source(record))
+
     def _parse(self, record: Any) -> Example:
         if not isinstance(record, dict):
             raise _Reject(f"record is a JSON {type(record).__name__}, not an object.", "not_object")

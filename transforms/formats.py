@@ -9,7 +9,7 @@ import functools
 import json
 import math
 import os
-from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Iterable, Iterator, Optional, Tuple, Union
 
 import fastavro
 from apache_beam.io.filesystems import FileSystems

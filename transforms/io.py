@@ -14,6 +14,7 @@ import apache_beam as beam
 import fastavro
 from apache_beam.coders import BytesCoder, StrUtf8Coder
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.coders import VarIntCoder
 from apache_beam.io.watch import PollFn, PollResult, TerminationCondition, Watch, never
@@ -22,7 +23,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from .avro_encoding import MODEL_SCHEMAS, ModelContainerWriter
 from .examples import DeadLetter
-from .formats import AVRO, detect_format, is_blank, is_data_file, load_schema, to_json
+from .formats import AVRO, detect_format, is_data_file, load_schema, to_json
 from .models import COEFFICIENTS, coordinate_dir, latest_record, model_class, model_files, write_id_info
 from .paths import data_files
 
@@ -38,7 +39,8 @@ def pattern_format(pattern: str, explicit: Optional[str] = None) -> Optional[str
 
 
 def read_file_records(readable_file, input_format: Optional[str] = None):
-    """Records of one matched file: dicts for Avro, raw lines (bytes) for JSON lines.
+    """Records of one matched file (a ``fileio.ReadableFile``): dicts for Avro, raw lines (bytes,
+    blank ones included, so the parse step counts them) for JSON lines.
 
     ``input_format`` overrides the file's extension. A file whose format cannot be told, or that
     cannot be read to its end, yields a ``DeadLetter`` (stage "read") naming it; the records read
@@ -59,12 +61,16 @@ def read_file_records(readable_file, input_format: Optional[str] = None):
                     yield record
             else:
                 for line in f:
-                    if not is_blank(line):
-                        count += 1
-                        yield line.rstrip(b"\r\n")
+                    count += 1
+                    yield line.rstrip(b"\r\n")
     except Exception as err:  # a corrupt or unreadable file must not stop the job
         yield DeadLetter(f"file {path} could not be read as {fmt} after {count} records "
                          f"({type(err).__name__}: {err}).", "read", path, "unreadable")
+
+
+def read_path_records(path: str, input_format: Optional[str] = None):
+    """``read_file_records`` of the file at ``path`` (any Beam filesystem), outside a pipeline."""
+    return read_file_records(fileio.ReadableFile(FileMetadata(path, 0)), input_format)
 
 
 class _MatchPattern(PollFn):
