@@ -56,9 +56,17 @@ class LambdaLearnerOptions(PipelineOptions):
             help="print records read and updates made every N seconds (per worker process; 0: off)")
 
 
+class _QuietParser(argparse.ArgumentParser):
+    """argparse that raises ``UsageError`` with its one-line message instead of printing the usage
+    of every Beam flag and exiting."""
+
+    def error(self, message):
+        raise UsageError(f"{message}; see --help.")
+
+
 def _all_options_parser() -> argparse.ArgumentParser:
     # "resolve": an options class seen twice (a re-imported module) just re-adds its own flags.
-    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+    parser = _QuietParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
     seen = set()
 
     def visit(cls):
@@ -76,7 +84,7 @@ def parse_options(argv: List[str]) -> PipelineOptions:
     """Options from ``argv``; ``UsageError`` for unknown flags or invalid values."""
     try:
         _, unknown = _all_options_parser().parse_known_args(argv)
-    except SystemExit:
+    except SystemExit:  # argparse exits itself for a few cases its error() does not cover
         raise UsageError(f"could not parse the command line {' '.join(argv)!r}; see --help.") from None
     if unknown:
         raise UsageError(f"unknown flag(s) {' '.join(unknown)}; see python -m pipeline --help.")
