@@ -5,7 +5,8 @@ from typing import List
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms.update import HESSIANS, TRAINERS, UpdateConfig
+from lambda_core import FORGETTING_TARGETS, TRAINERS
+from transforms.update import FORGETTING_CLOCKS, HESSIANS, UpdateConfig
 
 
 class UsageError(Exception):
@@ -30,13 +31,27 @@ class LambdaLearnerOptions(PipelineOptions):
         add("--initial-models", dest="initial_models", help="Photon/GDMix model directory, file or glob")
         add("--entity-field", dest="entity_field", help="field (or metadataMap key) holding the entity id")
         add("--timestamp-field", dest="timestamp_field", help="field (or metadataMap key) with event time, epoch ms")
-        add("--trainer", dest="trainer", default="sequential_bayesian_logistic", help=f"one of {', '.join(TRAINERS)}")
-        add("--penalty", dest="penalty", type=float, default=10.0, help="L2 penalty (prior precision) lambda")
-        add("--forgetting-factor", dest="forgetting_factor", type=float, default=0.8, help="delta in [0, 1]")
-        add("--hessian", dest="hessian", default="diagonal", help=f"one of {', '.join(HESSIANS)}")
-        add("--minibatch-seconds", dest="minibatch_seconds", type=float, default=60.0)
-        add("--max-minibatch-size", dest="max_minibatch_size", type=int, default=10000)
-        add("--dedup-horizon-seconds", dest="dedup_horizon_seconds", type=float, default=3600.0,
+        add("--trainer", dest="trainer", default=UpdateConfig.trainer,
+            help=f"one of {', '.join(TRAINERS)} (all incremental)")
+        add("--penalty", dest="penalty", type=float, default=UpdateConfig.penalty,
+            help="L2 penalty lambda: the prior precision of a coefficient nothing is known about")
+        add("--forgetting-factor", dest="forgetting_factor", type=float, default=None,
+            help=f"delta in [0, 1]: the weight the past keeps per --minibatch-seconds of event time; 1: no "
+                 f"forgetting (default {UpdateConfig.forgetting_factor})")
+        add("--forgetting-half-life-seconds", dest="forgetting_half_life_seconds", type=float, default=None,
+            help="instead of --forgetting-factor: the past's weight halves every this many seconds of event time")
+        add("--forgetting-clock", dest="forgetting_clock", default=UpdateConfig.forgetting_clock,
+            choices=FORGETTING_CLOCKS,
+            help="event-time: forget by elapsed event time; update: by delta once per update (lambda-learner)")
+        add("--forgetting-target", dest="forgetting_target", default=UpdateConfig.forgetting_target,
+            choices=FORGETTING_TARGETS,
+            help="where forgetting pulls: zero (mean 0, precision lambda), initial (the entity's initial model) "
+                 "or variance (keep the mean, relax the precision)")
+        add("--hessian", dest="hessian", default=UpdateConfig.hessian, help=f"one of {', '.join(HESSIANS)}")
+        add("--minibatch-seconds", dest="minibatch_seconds", type=float, default=UpdateConfig.minibatch_seconds)
+        add("--max-minibatch-size", dest="max_minibatch_size", type=int, default=UpdateConfig.max_minibatch_size)
+        add("--dedup-horizon-seconds", dest="dedup_horizon_seconds", type=float,
+            default=UpdateConfig.dedup_horizon_seconds,
             help="an example whose uid its entity trained on within this much event time is a duplicate "
                  "(dead letter, not trained again); 0: off")
         add("--coordinate", dest="coordinate", help="random-effect coordinate name (default: the entity field)")
@@ -92,10 +107,10 @@ def validate(options: PipelineOptions) -> None:
                         ("--timestamp-field", o.timestamp_field)):
         if not value:
             raise UsageError(f"{flag} is required.")
+    if o.forgetting_factor is not None and o.forgetting_half_life_seconds is not None:
+        raise UsageError("give --forgetting-factor or --forgetting-half-life-seconds, not both.")
     try:
-        UpdateConfig(trainer=o.trainer, penalty=o.penalty, forgetting_factor=o.forgetting_factor, hessian=o.hessian,
-                     minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
-                     coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds)
+        update_config(options)
     except ValueError as err:
         # UpdateConfig names the field first ("forgetting_factor must be ..."): say it as the flag.
         field, _, rest = str(err).partition(" ")
@@ -111,3 +126,14 @@ def validate(options: PipelineOptions) -> None:
         raise UsageError("--watch follows --input; give --input.")
     if (o.watch or o.input_subscription) and not options.view_as(StandardOptions).streaming:
         options.view_as(StandardOptions).streaming = True
+
+
+def update_config(options: PipelineOptions) -> UpdateConfig:
+    """The ``UpdateConfig`` the flags describe (``ValueError`` naming the field if one is invalid)."""
+    o = options.view_as(LambdaLearnerOptions)
+    factor = UpdateConfig.forgetting_factor if o.forgetting_factor is None else o.forgetting_factor
+    return UpdateConfig(trainer=o.trainer, penalty=o.penalty, forgetting_factor=factor, hessian=o.hessian,
+                        minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
+                        coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds,
+                        forgetting_half_life_seconds=o.forgetting_half_life_seconds,
+                        forgetting_clock=o.forgetting_clock, forgetting_target=o.forgetting_target)
