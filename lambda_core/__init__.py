@@ -17,7 +17,7 @@ from ._indexed import HessianType, IndexedDataset, IndexedModel
 from ._logistic import LOGISTIC, LogisticLoss, TrainerLogisticLossWithL2
 from ._loss import BINARY, COUNT, REAL, LabelRule, LossFamily
 from ._metrics import auc, evaluate, log_loss, rmse
-from ._newton import NewtonSolver, choose_inner_solve
+from ._newton import SMALL_MAX_ENTRIES, NewtonSolver, choose_inner_solve
 from ._ntv import Feature, TrainingRecord
 from ._poisson import POISSON, PoissonLoss, TrainerSequentialBayesianPoissonLossWithL2
 from ._prior import DEFAULT_FORGETTING_TARGET, FORGETTING_TARGETS, QuadraticPrior, forgetting_factor
@@ -26,7 +26,7 @@ from ._scoring import sample_coefficients, score_linear_model
 from ._sequential_bayesian import TrainerSequentialBayesianLogisticLossWithL2
 from ._small import SmallSolution, newton_small
 from ._square import GAUSSIAN, SquareLoss, TrainerSequentialBayesianSquareLossWithL2, TrainerSquareLossWithL2
-from ._update import SMALL_MAX_ENTRIES, EntityUpdate, expand_prior, update_entity
+from ._update import EntityUpdate, expand_prior, update_entity
 
 __all__ = [
     "Feature",

@@ -21,7 +21,10 @@ and ``finalize`` (the Hessian kept per ``HessianType``). Only the inner solve va
 * ``ConjugateGradientSolve``: sparse data (or dense data too wide to factor) and a diagonal prior:
   matrix-free Jacobi-preconditioned CG on Hessian-vector products.
 
-The plain-Python solver for tiny problems (``_small.py``) runs the same iteration on lists.
+The plain-Python solver for tiny problems (``_small.py``) runs the same iteration on lists; ``solve``
+hands a problem to it under the same rule as the job's update (``small_applies``: a diagonal prior,
+positive on every active column, and at most ``SMALL_MAX_ENTRIES`` examples x active columns), where
+numpy's per-call overhead would cost more than the arithmetic.
 """
 
 import math
@@ -47,6 +50,9 @@ _WIDE_MIN_COLUMNS = 256
 _LOW_RANK_MAX_RATIO = 1e4
 _ARMIJO = 1e-4
 _MAX_HALVINGS = 60
+# Up to about this many (examples x active columns), plain Python beats numpy's per-call overhead
+# (measured with benchmarks/bench_small.py and bench_core.py: see the README).
+SMALL_MAX_ENTRIES = 100
 
 CONVERGED, ITERATION_LIMIT, FAILED = 0, 1, 2
 
@@ -274,13 +280,17 @@ class NewtonSolver:
     """Minimise ``family`` loss on ``(X, y, w, offsets)`` plus ``prior``; see the module docstring.
 
     ``y`` are the family's labels (``family.labels`` of the raw ones). ``solve`` may be called once.
+    ``plain_python=False`` keeps a tiny problem in numpy (the reference the plain-Python solver is
+    tested against); None lets ``small_applies`` decide.
     """
 
     def __init__(self, family: LossFamily, X, y: np.ndarray, w: np.ndarray, offsets: np.ndarray,
-                 prior: QuadraticPrior, hessian_type: HessianType = HessianType.NONE):
+                 prior: QuadraticPrior, hessian_type: HessianType = HessianType.NONE,
+                 plain_python: Optional[bool] = None):
         self.family, self.X, self.y, self.w, self.offsets = family, X, y, w, offsets
         self.prior = prior
         self.hessian_type = hessian_type
+        self.plain_python = plain_python
         self._xr = self._gram = None
 
     # ----- setup -------------------------------------------------------------------------------
@@ -343,10 +353,37 @@ class NewtonSolver:
         """The Newton decrement relative to ``max(1, |f|)`` is below ``tolerance``."""
         return step.decrement <= tolerance * max(1.0, abs(f))
 
+    def small_applies(self) -> bool:
+        """Whether the plain-Python solver takes this problem (see the module docstring)."""
+        n, k = self.design.shape
+        return (self.prior_diag is not None and self.design.dense and n * k <= SMALL_MAX_ENTRIES
+                and bool((self.prior_diag > 0).all()))
+
+    def solve_small(self, max_iterations: int, tolerance: float) -> Solution:
+        """``solve`` by ``newton_small`` on the rows of the (dense, small) active design matrix."""
+        from ._small import newton_small  # _small imports this module's constants
+
+        X = self.design.X
+        n, k = X.shape
+        rows = []
+        for row in X:
+            nz = np.flatnonzero(row)
+            rows.append(list(zip(nz.tolist(), row[nz].tolist())))
+        prior = self.active_prior
+        ridge = prior.ridge.tolist() if np.ndim(prior.ridge) else [float(prior.ridge)] * k
+        found = newton_small(rows, self.y.tolist(), self.w.tolist(), self.offsets.tolist(), prior.center.tolist(),
+                             prior.precision.tolist(), ridge, prior.scale, self.family,
+                             None if prior.anchor is None else prior.anchor.tolist(), max_iterations, tolerance)
+        self.nit, self.funcalls, self.inner_solves = found.nit, found.funcalls, {"plain-python": found.nit}
+        return self.finalize(np.array(found.theta), found.loss, found.data_loss, np.array(found.d2),
+                             np.array(found.grad), found.warnflag, found.task)
+
     # ----- the loop ----------------------------------------------------------------------------
     def solve(self, max_iterations: int = 100, tolerance: float = 1e-12) -> Solution:
         """Run Newton from the prior's center; see ``Solution``."""
         self.setup()
+        if self.plain_python is not False and self.small_applies():
+            return self.solve_small(max_iterations, tolerance)
         center = self.prior.center if self.columns is None else self.prior.center[self.columns]
         theta = center.copy()
         self.nit, self.funcalls, self.inner_solves = 0, 1, {}

@@ -27,7 +27,8 @@ Row = Sequence[Tuple[int, float]]
 
 class SmallSolution(NamedTuple):
     """What ``newton_small`` found: coefficients of the active columns, the objective and its data part,
-    the per-example second derivatives at the solution (for the Hessian), and the solver's bookkeeping."""
+    the per-example second derivatives at the solution (for the Hessian), the solver's bookkeeping,
+    and the gradient at the solution."""
 
     theta: List[float]
     loss: float
@@ -37,6 +38,7 @@ class SmallSolution(NamedTuple):
     nit: int
     funcalls: int
     task: str
+    grad: List[float] = []
 
 
 def cholesky_solve(H: List[List[float]], b: Sequence[float]) -> Optional[List[float]]:
@@ -317,5 +319,5 @@ def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], of
         theta = trial
         f, data_f, d2, g = evaluated
     if warnflag == FAILED:
-        return SmallSolution(list(center), math.inf, math.inf, d2, FAILED, nit, funcalls, task)
-    return SmallSolution(theta, f, data_f, d2, warnflag, nit, funcalls, task)
+        return SmallSolution(list(center), math.inf, math.inf, d2, FAILED, nit, funcalls, task, g)
+    return SmallSolution(theta, f, data_f, d2, warnflag, nit, funcalls, task, g)

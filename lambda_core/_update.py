@@ -2,8 +2,8 @@
 
 ``update_entity`` takes the entity's current posterior (means, precisions), the mini-batch as sparse
 rows over the entity's columns, a loss family and the forgetting factor, and returns the new
-posterior. It chooses between two implementations of the same Newton iteration (``SMALL_MAX_ENTRIES``
-is the rule): the plain-Python solver of ``_small.py`` for tiny problems with a diagonal prior,
+posterior. It chooses between two implementations of the same Newton iteration (``_newton.SMALL_MAX_ENTRIES``
+is the rule, the same as the trainers'): the plain-Python solver of ``_small.py`` for tiny problems with a diagonal prior,
 where numpy's per-call overhead would dominate, and ``NewtonSolver`` for everything else. Both see
 the same ``QuadraticPrior``; the tests hold them equal to 1e-12.
 """
@@ -16,14 +16,12 @@ from scipy import sparse
 
 from ._indexed import HessianType
 from ._loss import LossFamily
+from . import _newton
 from ._newton import FAILED, NewtonSolver
 from ._prior import QuadraticPrior
 from ._small import Row, newton_small
 
 _DENSE_ENTRIES = 60_000  # below this many matrix entries a mini-batch's design matrix is dense
-# Up to about this many (examples x active columns), plain Python beats numpy's per-call overhead
-# (measured with benchmarks/bench_small.py: see the README).
-SMALL_MAX_ENTRIES = 100
 
 
 class EntityUpdate(NamedTuple):
@@ -131,13 +129,14 @@ def _result(theta, loss, warnflag, task, hessian, scores, seconds) -> EntityUpda
 def _update_small(rows, labels, weights, offsets, mean, precisions, d, family, penalty, delta, hessian_type,
                   target, reference) -> Optional[EntityUpdate]:
     """The plain-Python path; None when it does not apply (too big, labels the family rejects)."""
-    if len(rows) > SMALL_MAX_ENTRIES:
+    limit = _newton.SMALL_MAX_ENTRIES
+    if len(rows) > limit:
         return None
     used = set()
     for row in rows:
         used.update(c for c, _ in row)
     k = len(used)
-    if k * len(rows) > SMALL_MAX_ENTRIES:
+    if k * len(rows) > limit:
         return None
     y = family.small_labels(labels)
     if y is None:
@@ -219,7 +218,8 @@ def _update_general(rows, labels, weights, offsets, mean, precisions, matrix, d,
     scores = np.asarray(X @ theta0).reshape(-1) + o
     prior = QuadraticPrior.sequential(theta0, p, full, penalty, delta, target, reference)
     started = time.perf_counter()
-    theta, hess, loss, meta = NewtonSolver(family, X, y, w, o, prior, hessian_type).solve()
+    # The numpy iteration throughout: this path is the reference the plain-Python one is tested against.
+    theta, hess, loss, meta = NewtonSolver(family, X, y, w, o, prior, hessian_type, plain_python=False).solve()
     seconds = time.perf_counter() - started
 
     def hessian():

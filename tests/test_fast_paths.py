@@ -6,6 +6,8 @@ import fastavro
 import numpy as np
 import pytest
 
+import lambda_core._newton
+
 from lambda_core import (
     FORGETTING_TARGETS,
     INTERCEPT,
@@ -236,8 +238,10 @@ def test_small_path_declines_what_it_does_not_cover():
         train_minibatch(None, "e", bad, 60_000, UpdateConfig())
 
 
-def test_newton_small_takes_the_trainers_steps():
-    # One Newton step, and the full solve, from the same start: the same iterate as the trainer.
+def test_newton_small_takes_the_trainers_steps(monkeypatch):
+    # One Newton step, and the full solve, from the same start: the same iterate as the trainer's
+    # numpy iteration (which would hand these tiny problems to newton_small itself).
+    monkeypatch.setattr(lambda_core._newton, "SMALL_MAX_ENTRIES", 0)
     rng = np.random.default_rng(5)
     for trial in range(40):
         n, k = int(rng.integers(1, 8)), int(rng.integers(2, 9))
@@ -315,3 +319,36 @@ def test_state_strings_and_varints_keep_their_bytes_around_the_one_byte_boundary
     for cut in (1, 2, len(blob) // 2, len(blob) - 1):
         with pytest.raises(state.StateDecodeError):
             state.decode_model(blob[:cut])
+
+
+@pytest.mark.parametrize("trainer", TRAINER_NAMES)
+@pytest.mark.parametrize("hessian", [HessianType.FULL, HessianType.DIAGONAL, HessianType.NONE])
+def test_trainer_classes_hand_tiny_problems_to_the_plain_python_solver_with_the_same_result(trainer, hessian,
+                                                                                           monkeypatch):
+    rng = np.random.default_rng(len(trainer) + hessian.value)
+    cls = TRAINERS[trainer].trainer_class
+    for trial in range(30):
+        n, d = int(rng.integers(1, 9)), int(rng.integers(2, 10))
+        X = rng.normal(size=(n, d)) * (rng.random(size=(n, d)) < 0.6)
+        X[:, 0] = 1.0
+        y = np.array([_random_label(rng, trainer) for _ in range(n)])
+        data = IndexedDataset(X, y, rng.uniform(0.0, 2.0, n), rng.normal(size=n))
+        prior = IndexedModel(rng.normal(size=d) * 0.3, rng.uniform(0.5, 20.0, d))
+        kwargs = dict(training_data=data, initial_model=prior, penalty=float(rng.choice([0.5, 3.0])),
+                      delta=float(rng.choice([0.0, 0.6, 1.0])), hessian_type=hessian,
+                      forgetting_target=str(rng.choice(FORGETTING_TARGETS)))
+        model, loss, meta = cls(**kwargs).train()
+        assert set(meta["inner_solves"]) <= {"plain-python"}
+        with monkeypatch.context() as patched:
+            patched.setattr(lambda_core._newton, "SMALL_MAX_ENTRIES", 0)
+            ref_model, ref_loss, ref_meta = cls(**kwargs).train()
+        assert "plain-python" not in ref_meta["inner_solves"]
+        assert (meta["warnflag"], meta["nit"], meta["funcalls"]) == (ref_meta["warnflag"], ref_meta["nit"],
+                                                                      ref_meta["funcalls"])
+        _close(model.theta, ref_model.theta, "theta", 1e-11)
+        _close(loss, ref_loss, "loss")
+        _close(meta["grad"], ref_meta["grad"], "grad", 1e-9)
+        if hessian is HessianType.NONE:
+            assert model.hessian is None and ref_model.hessian is None
+        else:
+            _close(model.hessian.toarray(), ref_model.hessian.toarray(), "hessian")
