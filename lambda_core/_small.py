@@ -211,10 +211,11 @@ def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], of
     # ``_newton.low_rank_is_accurate``: with the family's curvature bound when it has one, else at
     # each step with the actual curvature). Otherwise the k x k Cholesky path, backward stable
     # like the general solver's LAPACK solve.
+    positive_prior = all(r > 0.0 for r in r_diag)
     gram = None
     bound = family.curvature_bound
     squares: Optional[List[List[Tuple[int, float]]]] = None
-    if n < k and all(r > 0.0 for r in r_diag):
+    if n < k and positive_prior:
         if bound is None:
             squares = [[(c, v * v) for c, v in row] for row in rows]
             gram = _low_rank_gram(rows, r_diag)
@@ -276,6 +277,13 @@ def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], of
             break
         if nit >= max_iterations:
             break
+        if positive_prior:  # NewtonSolver.converged_by_bound: the decrement is at most g' R^-1 g
+            most = 0.0
+            for gi, ri in zip(g, r_diag):
+                most += gi * (gi / ri)
+            if most <= tolerance * max(1.0, abs(f)):
+                warnflag, task = CONVERGED, "CONVERGENCE: NEWTON DECREMENT BELOW TOLERANCE"
+                break
         found = low_rank_direction(rows, gram, d2, r_diag, g) if gram is not None and low_rank_ok(d2) else None
         if found is not None:
             step, decrement = found
