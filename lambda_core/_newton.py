@@ -112,8 +112,9 @@ class DesignMatrix:
             X = self.X
             if self.dense:
                 self._squared = X * X
-            else:
-                self._squared = sparse.csr_matrix((X.data * X.data, X.indices, X.indptr), shape=X.shape).T.tocsr()
+            else:  # X' with its entries squared, on X''s transpose already at hand
+                XT = self._XT
+                self._squared = sparse.csr_matrix((XT.data * XT.data, XT.indices, XT.indptr), shape=XT.shape)
         return d2 @ self._squared if self.dense else self._squared @ d2
 
 

@@ -36,10 +36,11 @@ class LambdaLearnerOptions(PipelineOptions):
         add("--penalty", dest="penalty", type=float, default=UpdateConfig.penalty,
             help="L2 penalty lambda: the prior precision of a coefficient nothing is known about")
         add("--forgetting-factor", dest="forgetting_factor", type=float, default=None,
-            help=f"delta in [0, 1]: the weight the past keeps per --minibatch-seconds of event time; 1: no "
-                 f"forgetting (default {UpdateConfig.forgetting_factor})")
+            help="delta in [0, 1]: the weight the past keeps per --minibatch-seconds of event time; 1: no "
+                 "forgetting at all (default: the half-life below)")
         add("--forgetting-half-life-seconds", dest="forgetting_half_life_seconds", type=float, default=None,
-            help="instead of --forgetting-factor: the past's weight halves every this many seconds of event time")
+            help="instead of --forgetting-factor: the past's weight halves every this many seconds of event time "
+                 f"(default {UpdateConfig.forgetting_half_life_seconds:g})")
         add("--forgetting-clock", dest="forgetting_clock", default=UpdateConfig.forgetting_clock,
             choices=FORGETTING_CLOCKS,
             help="event-time: forget by elapsed event time; update: by delta once per update (lambda-learner)")
@@ -131,9 +132,11 @@ def validate(options: PipelineOptions) -> None:
 def update_config(options: PipelineOptions) -> UpdateConfig:
     """The ``UpdateConfig`` the flags describe (``ValueError`` naming the field if one is invalid)."""
     o = options.view_as(LambdaLearnerOptions)
-    factor = UpdateConfig.forgetting_factor if o.forgetting_factor is None else o.forgetting_factor
-    return UpdateConfig(trainer=o.trainer, penalty=o.penalty, forgetting_factor=factor, hessian=o.hessian,
+    half_life = UpdateConfig.forgetting_half_life_seconds
+    if o.forgetting_half_life_seconds is not None:
+        half_life = o.forgetting_half_life_seconds
+    return UpdateConfig(trainer=o.trainer, penalty=o.penalty, forgetting_factor=o.forgetting_factor, hessian=o.hessian,
                         minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
                         coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds,
-                        forgetting_half_life_seconds=o.forgetting_half_life_seconds,
+                        forgetting_half_life_seconds=half_life,
                         forgetting_clock=o.forgetting_clock, forgetting_target=o.forgetting_target)

@@ -31,6 +31,9 @@ HESSIANS = {"full": HessianType.FULL, "diagonal": HessianType.DIAGONAL, "identit
             "none": HessianType.NONE}
 #: How forgetting is clocked: by elapsed event time (the default) or once per update (lambda-learner's rule).
 FORGETTING_CLOCKS = ("event-time", "update")
+#: The job's default forgetting (when no --forgetting-factor is given): the past's weight halves
+#: every day of event time. Measured on simulated streams (see the README): change it here.
+DEFAULT_FORGETTING_HALF_LIFE_SECONDS = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -40,26 +43,30 @@ class UpdateConfig:
 
     These defaults are the job's defaults (the command line reads them from here).
 
-    Forgetting: before each update the entity's posterior is forgotten by
-    ``delta = forgetting_factor ** (elapsed / minibatch_seconds)``, ``elapsed`` being the event time
-    from the end of the entity's last trained mini-batch to the end of this one (one interval for a
-    model never trained in this job): ``forgetting_factor`` is the weight the past keeps per
-    mini-batch interval, as lambda-learner's per-update ``delta`` for an entity updated in every
-    interval, and 1 means no forgetting at all. ``forgetting_half_life_seconds``, when given,
-    replaces it: ``delta = 2 ** (-elapsed / half_life)``. ``forgetting_clock="update"`` restores
-    lambda-learner's rule (``delta = forgetting_factor`` per update, whatever the elapsed time).
-    ``forgetting_target`` is where forgetting pulls (``lambda_core.QuadraticPrior.sequential``).
+    Forgetting: before each update the entity's posterior is forgotten by a factor ``delta``
+    (``lambda_core.QuadraticPrior.sequential``) that depends on ``elapsed``, the event time from the
+    end of the entity's last trained mini-batch to the end of this one (one interval for a model this
+    job has not trained yet, e.g. an initial model):
+
+    * ``forgetting_factor`` given: ``delta = forgetting_factor ** (elapsed / minibatch_seconds)``, the
+      weight the past keeps per mini-batch interval -- lambda-learner's per-update ``delta`` for an
+      entity updated in every interval. 1 means no forgetting at all, whatever else is set (the
+      half-life is then not used).
+    * otherwise ``delta = 2 ** (-elapsed / forgetting_half_life_seconds)`` (the default).
+
+    ``forgetting_clock="update"`` restores lambda-learner's rule: ``elapsed`` is one interval at every
+    update, whatever the event time. ``forgetting_target`` is where forgetting pulls.
     """
 
     trainer: str = DEFAULT_TRAINER
     penalty: float = 10.0
-    forgetting_factor: float = 0.8
+    forgetting_factor: Optional[float] = None
     hessian: str = "diagonal"
     minibatch_seconds: float = 60.0
     max_minibatch_size: int = 10_000
     coordinate: str = "per-entity"
     dedup_horizon_seconds: float = 3600.0
-    forgetting_half_life_seconds: Optional[float] = None
+    forgetting_half_life_seconds: Optional[float] = DEFAULT_FORGETTING_HALF_LIFE_SECONDS
     forgetting_clock: str = "event-time"
     forgetting_target: str = DEFAULT_FORGETTING_TARGET
 
@@ -69,16 +76,16 @@ class UpdateConfig:
             raise ValueError(f"hessian must be one of {', '.join(HESSIANS)}, got {self.hessian!r}.")
         if not (math.isfinite(self.penalty) and self.penalty >= 0):
             raise ValueError(f"penalty must be a finite number >= 0, got {self.penalty}.")
-        if not (math.isfinite(self.forgetting_factor) and 0 <= self.forgetting_factor <= 1):
-            raise ValueError(f"forgetting_factor must be in [0, 1], got {self.forgetting_factor}.")
-        half_life = self.forgetting_half_life_seconds
+        factor, half_life = self.forgetting_factor, self.forgetting_half_life_seconds
+        if factor is not None and not (math.isfinite(factor) and 0 <= factor <= 1):
+            raise ValueError(f"forgetting_factor must be in [0, 1], got {factor}.")
         if half_life is not None and not half_life > 0:
             raise ValueError(f"forgetting_half_life_seconds must be > 0 (inf: no forgetting), got {half_life}.")
+        if factor is None and half_life is None:
+            raise ValueError("forgetting_factor or forgetting_half_life_seconds must be given.")
         if self.forgetting_clock not in FORGETTING_CLOCKS:
             raise ValueError(f"forgetting_clock must be one of {', '.join(FORGETTING_CLOCKS)}, "
                              f"got {self.forgetting_clock!r}.")
-        if half_life is not None and self.forgetting_clock != "event-time":
-            raise ValueError("forgetting_half_life_seconds is a time: it needs forgetting_clock event-time.")
         if self.forgetting_target not in FORGETTING_TARGETS:
             raise ValueError(f"forgetting_target must be one of {', '.join(FORGETTING_TARGETS)}, "
                              f"got {self.forgetting_target!r}.")
@@ -122,12 +129,13 @@ class UpdateConfig:
 
     def delta(self, model: RandomEffectModel, window_end_ms: int) -> float:
         """The forgetting factor of ``model``'s posterior for the mini-batch ending at ``window_end_ms``."""
-        if self.forgetting_clock == "update":
-            return float(self.forgetting_factor)
-        elapsed = window_end_ms - model.window_end_ms if model.window_end_ms > 0 else self.minibatch_ms
-        half_life = self.forgetting_half_life_seconds
-        return forgetting_factor(elapsed, self.minibatch_ms, float(self.forgetting_factor),
-                                 None if half_life is None else half_life * 1000.0)
+        if self.forgetting_clock == "update" or model.window_end_ms <= 0:
+            elapsed = self.minibatch_ms
+        else:
+            elapsed = window_end_ms - model.window_end_ms
+        if self.forgetting_factor is not None:
+            return forgetting_factor(elapsed, self.minibatch_ms, float(self.forgetting_factor))
+        return forgetting_factor(elapsed, self.minibatch_ms, 1.0, self.forgetting_half_life_seconds * 1000.0)
 
 
 class MinibatchResult(NamedTuple):
