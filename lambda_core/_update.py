@@ -9,7 +9,7 @@ the same ``QuadraticPrior``; the tests hold them equal to 1e-12.
 """
 
 import time
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import sparse

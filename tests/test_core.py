@@ -357,3 +357,17 @@ def test_wide_dense_problems_never_factorise_and_every_inner_solve_reaches_the_s
         # all stop on the Newton decrement (loss optimal to ~1e-12): theta agrees to ~1e-8 here
         assert np.allclose(model.theta, chosen_model.theta, rtol=1e-6, atol=1e-6)
         assert np.allclose(model.hessian_diagonal(), chosen_model.hessian_diagonal(), rtol=1e-7)
+
+
+def test_sparse_products_without_scipys_dispatch_equal_the_public_product(monkeypatch):
+    rng = np.random.default_rng(12)
+    X = sparse.random(300, 400, density=0.03, format="csr", random_state=3)
+    X.data = rng.normal(size=X.nnz)
+    design = lambda_core._newton.DesignMatrix(X, None)
+    assert not design.dense
+    v, r = rng.normal(size=400), rng.normal(size=300)
+    np.testing.assert_allclose(design.dot(v), X @ v, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(design.rdot(r), X.T @ r, rtol=1e-13, atol=1e-13)
+    monkeypatch.setattr(lambda_core._newton, "_csr_matvec", None)  # a scipy without the private kernel
+    np.testing.assert_array_equal(design.dot(v), X @ v)
+    np.testing.assert_array_equal(design.rdot(r), X.T @ r)

@@ -316,3 +316,15 @@ def test_poisson_job_trainer_learns_counts():
         model = result.model
     assert model.means == pytest.approx([1.0, 0.5], abs=0.15)
     assert model_record(model, "sequential_bayesian_poisson")["modelClass"].endswith("PoissonRegressionModel")
+
+
+def test_poisson_overflow_fails_cleanly_and_keeps_the_model():
+    X = np.array([[1.0, 2.0], [1.0, 0.0]])
+    data = IndexedDataset(X, [3.0, 1.0], np.ones(2), np.array([800.0, 0.0]))  # exp(800) overflows
+    prior = IndexedModel(np.zeros(2), np.ones(2))
+    model, loss, meta = TrainerSequentialBayesianPoissonLossWithL2(training_data=data, initial_model=prior,
+                                                                   penalty=1.0, delta=0.5).train()
+    assert meta["warnflag"] == 2 and model is prior and not np.isnan(loss)
+    cfg = UpdateConfig(trainer="sequential_bayesian_poisson")
+    result = train_minibatch(None, "e", [Example("e", 1, "a", 2.0, 1.0, 800.0, ())], 60_000, cfg)
+    assert result.failure.startswith("training failed") and result.model.version == 0
