@@ -15,11 +15,16 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-2-Clause",
     python_requires=">=3.9",
-    packages=["lambda_core", "transforms", "pipeline"],
-    package_data={"transforms": ["schemas/*.avsc"]},
-    include_package_data=True,
+    # The schemas folder is a package of data only: listed, so setuptools ships it without a warning.
+    packages=["lambda_core", "transforms", "transforms.schemas", "pipeline"],
+    package_data={"transforms.schemas": ["*.avsc"]},
     install_requires=[
         f"apache-beam=={BEAM_VERSION}",
+        # Beam's own `import apache_beam` imports its BigQuery client, which warns on every start
+        # ("apitools not found ...") unless google-apitools is importable; the version is the one
+        # Beam's gcp extra pins. It brings six small pure-Python packages and nothing of ours uses it.
+        "google-apitools>=0.5.31,<0.5.32; python_version < '3.13'",
+        "google-apitools>=0.5.35; python_version >= '3.13'",
         "numpy>=1.22",
         "scipy>=1.8",
         "fastavro>=1.7",

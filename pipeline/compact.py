@@ -11,8 +11,11 @@ per entity, in the same layout the batch job writes, ready for the next run's ``
 import argparse
 import sys
 
-from transforms.formats import expand, write_json_lines
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.formats import write_json_lines
 from transforms.models import load_models, write_snapshot
+from transforms.paths import data_files
 
 from .options import UsageError
 
@@ -20,7 +23,7 @@ from .options import UsageError
 def compact(updates: str, output: str, coordinate: str, entity_field: str, initial_models: str = None,
             feature_shard: str = "features", penalty: float = 10.0, trainer: str = "sequential_bayesian_logistic"):
     """Write the snapshot; return (number of models, number of dead letters)."""
-    if not expand(updates):
+    if not data_files(updates):
         raise UsageError(f"--updates {updates!r} matches no files.")
     models, dead = load_models(updates, penalty)
     if initial_models:
@@ -33,7 +36,8 @@ def compact(updates: str, output: str, coordinate: str, entity_field: str, initi
             models.setdefault(entity, model)
     written = write_snapshot(models.values(), output, coordinate, entity_field, feature_shard, trainer)
     if dead:
-        write_json_lines(f"{output}/dead-letter/compact-dead-letter.jsonl", (d.to_dict() for d in dead))
+        write_json_lines(FileSystems.join(output, "dead-letter", "compact-dead-letter.jsonl"),
+                         (d.to_dict() for d in dead))
     return written["models"], len(dead)
 
 

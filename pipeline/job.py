@@ -5,7 +5,7 @@ Everything here is a named step from ``transforms``; element logic lives there.
 
 import json
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -14,18 +14,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from transforms import progress
-from transforms.formats import NOT_JSON, decode_json_line, line_text
-from transforms.io import (
-    AvroSink,
-    JsonLinesSink,
-    ReadRecords,
-    WriteRecords,
-    WriteSnapshot,
-    input_format_of,
-    match_files,
-    read_file_records,
-)
+from transforms.formats import detect_format, sniff_format
+from transforms.io import AvroSink, JsonLinesSink, ReadModelRecords, ReadRecords, WriteRecords, WriteSnapshot
 from transforms.models import model_files
+from transforms.paths import data_files
 from transforms.random_effects import NAMESPACE, UpdateRandomEffects
 from transforms.validation import ProgressiveValidationFn
 
@@ -35,32 +27,42 @@ VALIDATION_FILE = "progressive-validation.json"
 SUMMARY_FILE = "summary.json"
 
 
-def _json_model(record):
-    """Model records from JSON lines arrive as bytes; Avro ones as dicts."""
-    if isinstance(record, bytes):
-        value = decode_json_line(record)
-        return line_text(record) if value is NOT_JSON else value
-    return record
-
-
 def _validation_file_name(*_args):
     return VALIDATION_FILE
 
 
-def check_inputs(o: LambdaLearnerOptions) -> None:
-    """Fail early, with one sentence, on inputs that cannot work."""
-    if o.input and not o.watch:
-        if not match_files(o.input):
-            raise UsageError(f"--input {o.input!r} matches no files.")
+def _check_files(flag: str, files, explicit: Optional[str], said_by: str, fix_flag: str) -> None:
+    """Every file's format can be told, and the first file's bytes agree with it. ``said_by`` is
+    the flag that gave ``explicit``; ``fix_flag`` the one a user passes to correct it."""
+    for path in files:
         try:
-            input_format_of(o.input, o.input_format)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+            detect_format(path, explicit)
+        except ValueError:
+            raise UsageError(f"{flag}: cannot tell the format of {path!r} from its extension; name it .avro "
+                             f"or .jsonl, or pass {fix_flag} avro|json.") from None
+    fmt = detect_format(files[0], explicit)
+    found = sniff_format(files[0])
+    if found is not None and found != fmt:
+        said = f"{said_by} {explicit}" if explicit else "its extension"
+        raise UsageError(f"{flag}: {files[0]!r} holds {found} but {said} says {fmt}; pass {fix_flag} {found}.")
+
+
+def check_inputs(o: LambdaLearnerOptions) -> None:
+    """Fail early, with one sentence, on inputs that cannot work. This reads (lists files, looks at
+    the first bytes of one), so ``run`` calls it before building, and not for a dry run."""
+    if o.input and not o.watch:
+        files = data_files(o.input, bool(o.input_format))
+        if not files:
+            raise UsageError(f"--input {o.input!r} matches no files.")
+        _check_files("--input", files, o.input_format, "--input-format", "--input-format")
     if o.initial_models:
         try:
-            model_files(o.initial_models)
+            files = model_files(o.initial_models, bool(o.initial_models_format or o.input_format))
         except FileNotFoundError as err:
             raise UsageError(f"--initial-models: {err}") from None
+        said_by = "--initial-models-format" if o.initial_models_format else "--input-format"
+        _check_files("--initial-models", files, o.initial_models_format or o.input_format, said_by,
+                     "--initial-models-format")
 
 
 def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
@@ -69,7 +71,6 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
     streaming = options.view_as(StandardOptions).streaming
     bounded = not (o.watch or o.input_subscription)
     coordinate = o.coordinate or o.entity_field
-    check_inputs(o)
 
     if o.input_subscription:
         records = pipeline | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=o.input_subscription)
@@ -79,15 +80,11 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
             watch_duration_seconds=o.watch_duration_seconds)
     initial = None
     if o.initial_models:
-        initial = (pipeline
-                   | "InitialModelFiles" >> beam.Create(model_files(o.initial_models))
-                   | "MatchModels" >> fileio.MatchAll()
-                   | "OpenModels" >> fileio.ReadMatches()
-                   | "ModelRecords" >> beam.FlatMap(read_file_records)
-                   | "DecodeJsonModels" >> beam.Map(_json_model))
+        initial = pipeline | "ReadInitialModels" >> ReadModelRecords(
+            o.initial_models, o.initial_models_format or o.input_format)
 
     out = records | "UpdateRandomEffects" >> UpdateRandomEffects(
-        o.entity_field, o.timestamp_field, config=update_config(options), initial_models=initial,
+        o.entity_field, o.timestamp_field, config=update_config(o), initial_models=initial,
         max_features=o.max_features, max_model_coefficients=o.max_model_coefficients, streaming=streaming)
 
     paths = {
@@ -139,13 +136,20 @@ def read_validation(path: str) -> Dict[str, Any]:
 
 
 def summarize(result, options: PipelineOptions, paths: Dict[str, str], seconds: float) -> Dict[str, Any]:
-    """The run summary: counts, dead letters by reason, progressive validation, where files are."""
+    """The run summary of a finished Beam run (see ``write_summary``)."""
+    return write_summary(metric_values(result), options, paths, seconds)
+
+
+def write_summary(m: Dict[str, Any], options: PipelineOptions, paths: Dict[str, str], seconds: float,
+                  runner: Optional[str] = None) -> Dict[str, Any]:
+    """The run summary from the job's metric values ``m`` (counters by name, distributions as
+    dicts): counts, dead letters by reason, progressive validation, where files are. Written as
+    ``summary.json`` under ``--output`` and returned."""
     o = options.view_as(LambdaLearnerOptions)
-    m = metric_values(result)
     dead_by_reason = {k.split("/", 1)[1]: v for k, v in sorted(m.items()) if k.startswith("dead_letters/")}
     summary = {
         "input": o.input or o.input_subscription,
-        "runner": options.view_as(StandardOptions).runner or "DirectRunner",
+        "runner": runner or options.view_as(StandardOptions).runner or "DirectRunner",
         "streaming": bool(options.view_as(StandardOptions).streaming),
         "seconds": round(seconds, 2),
         "records_read": m.get("records_read", 0),
@@ -221,8 +225,11 @@ def disable_local_state_cache() -> None:
 
 
 def run(options: PipelineOptions, wait: bool = True):
-    """Build and run the job; return (result, paths, seconds)."""
+    """Check the inputs (unless it is a dry run), build and run the job; return (result, paths, seconds)."""
     started = time.time()
+    dry_run = options.view_as(TestOptions).dry_run
+    if not dry_run:
+        check_inputs(options.view_as(LambdaLearnerOptions))
     disable_local_state_cache()
     progress.enable(options.view_as(LambdaLearnerOptions).progress_seconds)
     try:
@@ -231,6 +238,6 @@ def run(options: PipelineOptions, wait: bool = True):
         raise UsageError(" ".join(str(err).split())) from None
     paths = build(pipeline, options)
     result = pipeline.run()
-    if wait and not options.view_as(TestOptions).dry_run:
+    if wait and not dry_run:
         result.wait_until_finish()
     return result, paths, time.time() - started

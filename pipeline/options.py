@@ -20,7 +20,9 @@ class LambdaLearnerOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         add = parser.add_argument
         add("--input", dest="input", help="glob of example files (.avro or .jsonl)")
-        add("--input-format", dest="input_format", choices=["avro", "json"], help="override the extension")
+        add("--input-format", dest="input_format", choices=["avro", "json"],
+            help="override the extension of every file read (examples, and initial models unless "
+                 "--initial-models-format says otherwise)")
         add("--input-subscription", dest="input_subscription",
             help="Pub/Sub subscription of JSON examples (projects/P/subscriptions/S), instead of --input")
         add("--watch", dest="watch", action="store_true", help="keep following --input for new files (streaming)")
@@ -29,6 +31,8 @@ class LambdaLearnerOptions(PipelineOptions):
             help="stop following --input after this long (0: never); the job then finishes its work and ends")
         add("--output", dest="output", help="output directory (local or gs://)")
         add("--initial-models", dest="initial_models", help="Photon/GDMix model directory, file or glob")
+        add("--initial-models-format", dest="initial_models_format", choices=["avro", "json"],
+            help="override the model files' extensions (default: --input-format, else by extension)")
         add("--entity-field", dest="entity_field", help="field (or metadataMap key) holding the entity id")
         add("--timestamp-field", dest="timestamp_field", help="field (or metadataMap key) with event time, epoch ms")
         add("--trainer", dest="trainer", default=UpdateConfig.trainer,
@@ -97,6 +101,22 @@ def parse_options(argv: List[str]) -> PipelineOptions:
     return options
 
 
+def update_config(o: LambdaLearnerOptions) -> UpdateConfig:
+    """The per-entity update the flags ask for (``ValueError`` naming the field when invalid).
+
+    Without ``--forgetting-factor`` the half-life (``--forgetting-half-life-seconds``, else
+    ``UpdateConfig``'s default) sets the forgetting; with it, the factor does (1: none).
+    """
+    half_life = UpdateConfig.forgetting_half_life_seconds
+    if o.forgetting_half_life_seconds is not None:
+        half_life = o.forgetting_half_life_seconds
+    return UpdateConfig(trainer=o.trainer, penalty=o.penalty, forgetting_factor=o.forgetting_factor, hessian=o.hessian,
+                        minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
+                        coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds,
+                        forgetting_half_life_seconds=half_life, forgetting_clock=o.forgetting_clock,
+                        forgetting_target=o.forgetting_target)
+
+
 def validate(options: PipelineOptions) -> None:
     """Check the values a user can get wrong; ``UsageError`` names the flag and what to do."""
     o = options.view_as(LambdaLearnerOptions)
@@ -111,7 +131,7 @@ def validate(options: PipelineOptions) -> None:
     if o.forgetting_factor is not None and o.forgetting_half_life_seconds is not None:
         raise UsageError("give --forgetting-factor or --forgetting-half-life-seconds, not both.")
     try:
-        update_config(options)
+        update_config(o)
     except ValueError as err:
         # UpdateConfig names the field first ("forgetting_factor must be ..."): say it as the flag.
         field, _, rest = str(err).partition(" ")
@@ -125,18 +145,8 @@ def validate(options: PipelineOptions) -> None:
         raise UsageError("--watch-interval-seconds must be > 0 and --watch-duration-seconds >= 0.")
     if o.watch and not o.input:
         raise UsageError("--watch follows --input; give --input.")
+    if o.input_subscription and o.input_format == "avro":
+        raise UsageError("--input-subscription messages are JSON examples; --input-format avro does not apply.")
     if (o.watch or o.input_subscription) and not options.view_as(StandardOptions).streaming:
         options.view_as(StandardOptions).streaming = True
 
-
-def update_config(options: PipelineOptions) -> UpdateConfig:
-    """The ``UpdateConfig`` the flags describe (``ValueError`` naming the field if one is invalid)."""
-    o = options.view_as(LambdaLearnerOptions)
-    half_life = UpdateConfig.forgetting_half_life_seconds
-    if o.forgetting_half_life_seconds is not None:
-        half_life = o.forgetting_half_life_seconds
-    return UpdateConfig(trainer=o.trainer, penalty=o.penalty, forgetting_factor=o.forgetting_factor, hessian=o.hessian,
-                        minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
-                        coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds,
-                        forgetting_half_life_seconds=half_life,
-                        forgetting_clock=o.forgetting_clock, forgetting_target=o.forgetting_target)

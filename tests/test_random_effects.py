@@ -288,8 +288,10 @@ def test_model_state_coder_round_trips_deterministically_and_is_not_pickle(kind)
 def test_example_coder_round_trips(uid):
     ex = Example("u1", T0 + 123, uid, 1.0, 0.5, -2.25, (("a", "", 1.0), ("b", "tërm", -3.5e-10)))
     data = encode_example(ex)
-    assert data[0] == 1 and encode_example(ex) == data
+    assert data[0] == 2 and encode_example(ex) == data
     assert decode_example(data) == ex
+    source = b'{"userId": "u1", "extra": [1, 2]}'
+    assert decode_example(encode_example(ex, source)) == ex._replace(source=source)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -666,11 +668,13 @@ def test_failed_training_keeps_previous_model_dead_letters_the_batch_and_next_ba
     assert np.array_equal(expected["f"][1][3].means, m2.means)
 
     def dead_train(actual):
-        check(len(actual) == 1, f"{len(actual)} dead letters")
-        d = actual[0]
-        check(d["stage"] == "train", f"stage {d['stage']}")
-        check(sorted(e["uid"] for e in d["payload"]) == ["f2-0", "f2-1"], f"payload {d['payload']}")
-        check("previous model" in d["reason"], f"reason {d['reason']}")
+        # one dead letter per example of the failed mini-batch, each carrying its record as read
+        check(len(actual) == 2, f"{len(actual)} dead letters")
+        check(all(d["stage"] == "train" for d in actual), f"stages {[d['stage'] for d in actual]}")
+        check(sorted(d["payload"]["uid"] for d in actual) == ["f2-0", "f2-1"], f"payloads {actual}")
+        check(sorted((d["payload"] for d in actual), key=lambda r: r["uid"]) == boom,
+              f"payloads {actual}")
+        check(all("previous model" in d["reason"] for d in actual), f"reasons {actual}")
 
     outputs, result = run(records, cfg, checks=[("DeadTrain", "dead_letters", dead_train),
                                                 ("Replay", "updates", matches_replay(expected))])
@@ -678,8 +682,8 @@ def test_failed_training_keeps_previous_model_dead_letters_the_batch_and_next_ba
     assert ("boom", "") not in record_dicts(f_updates[-1])[0]
     assert counter(result, "failed_updates") == 1
     assert counter(result, "examples_failed") == 2
-    assert counter(result, "dead_letters/train/training") == 1
-    assert counter(result, "dead_letters") == 1
+    assert counter(result, "dead_letters/train/training") == 2
+    assert counter(result, "dead_letters") == 2
     assert counter(result, "updates") == 3
 
 

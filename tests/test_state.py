@@ -60,6 +60,13 @@ GOLDEN_EXAMPLE_V1 = bytes.fromhex(
 GOLDEN_EXAMPLE_V1_NO_UID = bytes.fromhex(
     "0105000000000000000175000000000000000000000000000000f03f000000000000000000000000")
 GOLDEN_BUFFER_ENTRY = bytes.fromhex("604650b89a010000") + GOLDEN_EXAMPLE_V1
+# Example encoding version 2: version 1's fields, then the record as read (flag, length, bytes).
+SOURCE = b'{"userId": "user-7"}'
+GOLDEN_EXAMPLE_V2 = bytes.fromhex(
+    "027b5c4fb89a01000006757365722d3701057569642d31000000000000f03f0000000000000040000000000000e0bf0200"
+    "000002616402c3a9000000000000e83f01710178000000000000f0bf01147b22757365724964223a2022757365722d37227d")
+GOLDEN_EXAMPLE_V2_NO_SOURCE = bytes.fromhex(
+    "0205000000000000000175000000000000000000000000000000f03f00000000000000000000000000")
 
 MODEL_1 = RandomEffectModel("user-7", (INTERCEPT, ("ad", "é")), np.array([0.25, -1.5]), np.array([10.0, 12.5]),
                             3, T0 + 60_000)
@@ -126,8 +133,20 @@ def test_example_and_buffer_encodings_still_decode():
     assert decode_example(GOLDEN_EXAMPLE_V1_NO_UID) == Example("u", 5, None, 0.0, 1.0, 0.0, ())
     assert decode_buffer_entry(GOLDEN_BUFFER_ENTRY) == (T0 + 60_000, EXAMPLE)
     assert example_timestamp(GOLDEN_EXAMPLE_V1) == T0 + 123
-    assert EXAMPLE_VERSION == 1 and encode_example(EXAMPLE) == GOLDEN_EXAMPLE_V1
-    assert buffer_entry(T0 + 60_000, encode_example(EXAMPLE)) == GOLDEN_BUFFER_ENTRY
+    assert decode_example(GOLDEN_EXAMPLE_V1).source is None  # version 1 kept no record
+
+
+def test_example_version_2_keeps_the_record_as_read():
+    assert EXAMPLE_VERSION == 2
+    assert encode_example(EXAMPLE, SOURCE) == GOLDEN_EXAMPLE_V2
+    assert encode_example(EXAMPLE._replace(source=SOURCE)) == GOLDEN_EXAMPLE_V2
+    assert decode_example(GOLDEN_EXAMPLE_V2) == EXAMPLE._replace(source=SOURCE)
+    assert example_timestamp(GOLDEN_EXAMPLE_V2) == T0 + 123
+    no_source = Example("u", 5, None, 0.0, 1.0, 0.0, ())
+    assert encode_example(no_source) == GOLDEN_EXAMPLE_V2_NO_SOURCE
+    assert decode_example(GOLDEN_EXAMPLE_V2_NO_SOURCE) == no_source
+    entry = buffer_entry(T0 + 60_000, GOLDEN_EXAMPLE_V2)
+    assert decode_buffer_entry(entry) == (T0 + 60_000, EXAMPLE._replace(source=SOURCE))
 
 
 @pytest.mark.parametrize("version", [0, 4, 9, 255])
@@ -141,7 +160,10 @@ def test_unknown_model_state_version_fails_with_a_clear_message(version):
 
 
 def test_unknown_example_version_and_damaged_bytes_fail_clearly():
-    with pytest.raises(StateDecodeError, match=r"Example state has encoding version 2, but this code reads version\(s\) 1"):
+    with pytest.raises(StateDecodeError, match=r"Example state has encoding version 3, but this code reads version\(s\) 1, 2"):
+        decode_example(b"\x03" + GOLDEN_EXAMPLE_V1[1:])
+    # a version-1 body read as version 2 lacks the record flag: truncated, not silently wrong
+    with pytest.raises(StateDecodeError, match="truncated"):
         decode_example(b"\x02" + GOLDEN_EXAMPLE_V1[1:])
     with pytest.raises(StateDecodeError, match="empty"):
         decode_entity_state(b"")

@@ -10,7 +10,7 @@ import json
 import os
 import struct
 import zlib
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from .formats import raw_schema
 

@@ -4,14 +4,16 @@ Parsing never raises on data. The checks follow Photon-ML's TrainingExampleAvro:
 time come from a top-level field or from ``metadataMap``; weight defaults to 1 and offset to 0.
 """
 
+import json
 import math
 import re
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 from lambda_core import BINARY, INTERCEPT, REAL, LabelRule
 
-from .formats import (AVRO, NOT_JSON, decode_json_line, detect_format, expand, is_blank, iter_avro, line_text,
-                      not_json_reason)
+from .formats import (AVRO, NOT_JSON, decode_json_line, detect_format, is_blank, iter_avro, line_text,
+                      not_json_reason, open_path, to_json)
+from .paths import data_files
 
 PHOTON_INTERCEPT = ("(INTERCEPT)", "")
 RESERVED_FEATURES = (INTERCEPT, PHOTON_INTERCEPT)
@@ -25,7 +27,11 @@ Feature = Tuple[str, str, float]
 
 
 class Example(NamedTuple):
-    """One validated training example of an entity."""
+    """One validated training example of an entity.
+
+    ``source`` is the record exactly as it was read (a JSON line's bytes, an Avro record as JSON),
+    when the job keeps it: what a dead letter of a later stage carries (``source_payload``).
+    """
 
     entity_id: str
     timestamp_ms: int
@@ -34,6 +40,34 @@ class Example(NamedTuple):
     weight: float
     offset: float
     features: Tuple[Feature, ...]
+    source: Optional[bytes] = None
+
+
+def record_source(record: Any) -> bytes:
+    """The bytes ``Example.source`` keeps for a record as read: a JSON line as it is, any other
+    record (an Avro dict) as strict JSON (values JSON cannot hold, such as Avro bytes, as text)."""
+    if isinstance(record, bytes):
+        return record
+    if isinstance(record, str):
+        return record.encode("utf-8", "backslashreplace")
+    try:
+        return to_json(record).encode("utf-8")
+    except (TypeError, ValueError):
+        return json.dumps(_safe_json(record), sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def source_payload(ex: "Example") -> Any:
+    """What a dead letter of ``ex`` carries: the record as read (the JSON object) when the example
+    kept it, else (examples buffered by a release that did not keep it) the example in the
+    standard field names ``entityId``/``timestamp``."""
+    if ex.source is not None:
+        value = decode_json_line(ex.source)
+        return line_text(ex.source) if value is NOT_JSON else value
+    return {
+        "uid": ex.uid, "entityId": ex.entity_id, "timestamp": ex.timestamp_ms, "label": ex.label,
+        "weight": ex.weight, "offset": ex.offset,
+        "features": [{"name": n, "term": t, "value": v} for n, t, v in ex.features],
+    }
 
 
 class DeadLetter(NamedTuple):
@@ -106,6 +140,17 @@ class ExampleParser:
         if value is NOT_JSON:
             return DeadLetter(not_json_reason(line), "parse", line_text(line), "not_json")
         return self.parse(value)
+
+    def parse_as_read(self, record: Any) -> Union[Example, DeadLetter]:
+        """Parse a record as a reader yields it (a JSON line, or a dict from Avro); the example
+        keeps the record itself as its ``source``, for the dead letters of later stages."""
+        if isinstance(record, (bytes, str)):
+            parsed = self.parse_json_line(record)
+        else:
+            parsed = self.parse(record)
+        if isinstance(parsed, DeadLetter):
+            return parsed
+        return parsed._replace(source=record_source(record))
 
     def _parse(self, record: Any) -> Example:
         if not isinstance(record, dict):
@@ -227,6 +272,18 @@ def _show(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _safe_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _safe_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_safe_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
 def _safe(record: Any) -> Any:
     """A payload that can always be written: the record itself if JSON-like, else its repr."""
     if isinstance(record, (dict, list, str, int, float, bool)) or record is None:
@@ -240,7 +297,7 @@ def read_examples(pattern: str, parser: "ExampleParser", input_format: Optional[
     Avro and JSON-lines files are told apart by extension unless ``input_format`` says. Raises
     ``FileNotFoundError`` when nothing matches (a user error, not a data error).
     """
-    files = expand(pattern)
+    files = data_files(pattern, bool(input_format))
     if not files:
         raise FileNotFoundError(f"No input files match {pattern!r}.")
     for path in files:
@@ -248,7 +305,7 @@ def read_examples(pattern: str, parser: "ExampleParser", input_format: Optional[
             for record in iter_avro(path):
                 yield parser.parse(record)
         else:
-            with open(path, "rb") as f:
+            with open_path(path) as f:
                 for line in f:
                     if not is_blank(line):
                         yield parser.parse_json_line(line.rstrip(b"\r\n"))

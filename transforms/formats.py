@@ -6,13 +6,13 @@ format.
 """
 
 import functools
-import glob
 import json
 import math
 import os
-from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Iterable, Iterator, Optional, Tuple, Union
 
 import fastavro
+from apache_beam.io.filesystems import FileSystems
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
 NAMESPACE = "com.linkedin.photon.avro.generated"
@@ -48,24 +48,33 @@ def detect_format(path: str, explicit: Optional[str] = None) -> str:
     return _EXTENSIONS[ext]
 
 
-def expand(pattern: str) -> List[str]:
-    """Files matching a glob pattern, a single file, or every data file in a directory (sorted)."""
-    if os.path.isdir(pattern):
-        found = [
-            os.path.join(root, f)
-            for root, _, files in os.walk(pattern)
-            for f in files
-            if os.path.splitext(f)[1].lower() in _EXTENSIONS and not f.startswith((".", "_"))
-        ]
-    else:
-        found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
-    return sorted(found)
+def is_data_file(path: str) -> bool:
+    """Whether ``path`` has one of the data-file extensions (``.avro``, ``.json``, ``.jsonl``, ``.ndjson``)."""
+    return os.path.splitext(path)[1].lower() in _EXTENSIONS
+
+
+_AVRO_MAGIC = b"Obj\x01"
+
+
+def sniff_format(path: str) -> Optional[str]:
+    """``avro`` or ``json`` as the first bytes of ``path`` show (Avro's magic, or a JSON object's
+    ``{``), None when they show neither (an empty file, something else)."""
+    with open_path(path) as f:
+        head = f.read(256)
+    if head.startswith(_AVRO_MAGIC):
+        return AVRO
+    return JSON if head.lstrip()[:1] == b"{" else None
+
+
+def open_path(path: str):
+    """A binary reader of ``path`` on any Beam filesystem (local, gs://, ...)."""
+    return FileSystems.open(path)
 
 
 def iter_avro(path_or_file) -> Iterator[dict]:
     """Records of an Avro container file, each as a dict in the writer's schema."""
     if isinstance(path_or_file, (str, os.PathLike)):
-        with open(path_or_file, "rb") as f:
+        with open_path(os.fspath(path_or_file)) as f:
             yield from fastavro.reader(f)
     else:
         yield from fastavro.reader(path_or_file)
@@ -83,7 +92,7 @@ def iter_json_lines(path_or_file) -> Iterator[Tuple[Any, bytes]]:
     """``(parsed value, raw line)`` for every non-blank line; the value is ``NOT_JSON`` if it is not JSON."""
     close = False
     if isinstance(path_or_file, (str, os.PathLike)):
-        path_or_file, close = open(path_or_file, "rb"), True
+        path_or_file, close = open_path(os.fspath(path_or_file)), True
     try:
         for line in path_or_file:
             if is_blank(line):
@@ -155,8 +164,7 @@ def write_avro(path_or_file, schema_name: str, records: Iterable[dict], codec: s
     schema = load_schema(schema_name)
     counted = _Counter(records)
     if isinstance(path_or_file, (str, os.PathLike)):
-        os.makedirs(os.path.dirname(os.path.abspath(path_or_file)), exist_ok=True)
-        with open(path_or_file, "wb") as f:
+        with FileSystems.create(os.fspath(path_or_file)) as f:  # makes missing local directories
             fastavro.writer(f, schema, counted, codec=codec)
     else:
         fastavro.writer(path_or_file, schema, counted, codec=codec)
@@ -165,12 +173,11 @@ def write_avro(path_or_file, schema_name: str, records: Iterable[dict], codec: s
 
 def write_json_lines(path: str, records: Iterable[Any]) -> int:
     """Write one JSON document per line; return how many were written."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     count = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with FileSystems.create(path) as f:  # makes missing local directories
         for record in records:
-            f.write(to_json(record))
-            f.write("\n")
+            f.write(to_json(record).encode("utf-8"))
+            f.write(b"\n")
             count += 1
     return count
 

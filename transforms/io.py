@@ -1,70 +1,122 @@
 """Beam sources and sinks for the job's formats: examples in (files, a watched directory, Pub/Sub),
-model updates, dead letters and GAME snapshots out.
+initial models in, model updates, dead letters and GAME snapshots out.
+
+Building these transforms touches nothing: files are matched, formats told apart, directories
+created and clocks read by the steps when the pipeline runs (so a dry run, or a job that never
+starts, reads and writes nothing).
 """
 
+import math
 import time
-from typing import List, Optional
+from typing import Optional
 
 import apache_beam as beam
 import fastavro
-from apache_beam.coders import BytesCoder
+from apache_beam.coders import BytesCoder, StrUtf8Coder
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.coders import VarIntCoder
+from apache_beam.io.watch import PollFn, PollResult, TerminationCondition, Watch, never
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from .avro_encoding import MODEL_SCHEMAS, ModelContainerWriter
-from .formats import AVRO, detect_format, is_blank, load_schema, to_json
-from .models import COEFFICIENTS, model_class, write_id_info
-
+from .examples import DeadLetter
+from .formats import AVRO, detect_format, is_data_file, load_schema, to_json
+from .models import COEFFICIENTS, coordinate_dir, latest_record, model_class, model_files, write_id_info
+from .paths import data_files
 
 _EPOCH = Timestamp(0)
 
 
-def match_files(pattern: str) -> List[str]:
-    """Paths matching ``pattern`` on any Beam filesystem (local, gs://, ...)."""
-    try:
-        result = FileSystems.match([pattern])[0]
-    except Exception:  # FileSystems raises BeamIOError for a pattern that matches nothing
-        return []
-    return sorted(m.path for m in result.metadata_list)
-
-
-def input_format_of(pattern: str, explicit: Optional[str]) -> str:
-    """The one format of the files matching ``pattern`` (explicit, by the pattern's or files' extension)."""
+def pattern_format(pattern: str, explicit: Optional[str] = None) -> Optional[str]:
+    """The format of every file ``pattern`` names, when that is known without listing them: the
+    explicit one, else the pattern's own extension (``events/*.avro``); None otherwise."""
     if explicit:
         return detect_format(pattern, explicit)
-    try:
-        return detect_format(pattern)
-    except ValueError:
-        files = match_files(pattern)  # the pattern has no data-file extension: look at the files
-    formats = set()
-    for f in files:
-        formats.add(detect_format(f))
-    if len(formats) != 1:
-        raise ValueError(f"Files matching {pattern!r} mix formats ({', '.join(sorted(formats))}): "
-                         "pass --input-format or one pattern per format.")
-    return formats.pop()
+    return detect_format(pattern) if is_data_file(pattern) else None
 
 
-def read_file_records(readable_file):
-    """Records of one matched file: dicts for Avro, raw lines (bytes) for JSON lines."""
+def read_file_records(readable_file, input_format: Optional[str] = None):
+    """Records of one matched file (a ``fileio.ReadableFile``): dicts for Avro, raw lines (bytes,
+    blank ones included, so the parse step counts them) for JSON lines.
+
+    ``input_format`` overrides the file's extension. A file whose format cannot be told, or that
+    cannot be read to its end, yields a ``DeadLetter`` (stage "read") naming it; the records read
+    before the fault are kept.
+    """
     path = readable_file.metadata.path
-    with readable_file.open() as f:
-        if detect_format(path) == AVRO:
-            yield from fastavro.reader(f)
-        else:
-            for line in f:
-                if not is_blank(line):
+    try:
+        fmt = detect_format(path, input_format)
+    except ValueError as err:
+        yield DeadLetter(f"{err}", "read", path, "format")
+        return
+    count = 0
+    try:
+        with readable_file.open() as f:
+            if fmt == AVRO:
+                for record in fastavro.reader(f):
+                    count += 1
+                    yield record
+            else:
+                for line in f:
+                    count += 1
                     yield line.rstrip(b"\r\n")
+    except Exception as err:  # a corrupt or unreadable file must not stop the job
+        yield DeadLetter(f"file {path} could not be read as {fmt} after {count} records "
+                         f"({type(err).__name__}: {err}).", "read", path, "unreadable")
+
+
+def read_path_records(path: str, input_format: Optional[str] = None):
+    """``read_file_records`` of the file at ``path`` (any Beam filesystem), outside a pipeline."""
+    return read_file_records(fileio.ReadableFile(FileMetadata(path, 0)), input_format)
+
+
+class _MatchPattern(PollFn):
+    """Watch's poll: the files matching the pattern now, stamped with the poll time."""
+
+    def __init__(self, any_extension: bool):
+        self.any_extension = any_extension
+
+    def __call__(self, pattern):
+        now = Timestamp.now()
+        files = data_files(pattern, self.any_extension)
+        return PollResult.incomplete(files, timestamp=now).with_watermark(now)
+
+    def default_output_coder(self):
+        return StrUtf8Coder()
+
+
+class _AfterPolls(TerminationCondition):
+    """Stop watching after a number of polls: ``ceil(duration / interval)``, counted from the job's
+    first poll (a runner paces polls by the interval; the local runner polls back to back)."""
+
+    def __init__(self, polls: int):
+        self.polls = polls
+
+    def for_new_input(self, now, element):
+        return 0
+
+    def on_poll_complete(self, state):
+        return state + 1
+
+    def can_stop_polling(self, now, state):
+        return state >= self.polls
+
+    def state_coder(self):
+        return VarIntCoder()
 
 
 class ReadRecords(beam.PTransform):
     """Raw records from files: Avro records as dicts, JSON lines as bytes (parsed downstream, so a
     line that is not JSON becomes a dead letter rather than a crash).
 
-    ``watch_seconds`` > 0 follows the pattern for new files (streaming), checking at that interval,
-    for ``watch_duration_seconds`` (0: forever) from when the pipeline is built.
+    ``input_format`` (avro or json) overrides the files' extensions. A pattern with a data-file
+    extension is read with Beam's splittable readers; any other path (a directory, ``dir/*``) is
+    matched when the job runs and each file read by its own format. ``watch_seconds`` > 0 follows
+    the pattern for new files (streaming), polling at that interval, for
+    ``watch_duration_seconds`` (0: forever) from when the job starts watching.
     """
 
     def __init__(self, pattern: str, input_format: Optional[str] = None, watch_seconds: float = 0,
@@ -73,19 +125,50 @@ class ReadRecords(beam.PTransform):
         self.pattern = pattern
         self.input_format = input_format
         self.watch_seconds = watch_seconds
-        self.stop = time.time() + watch_duration_seconds if watch_duration_seconds else None
+        self.watch_duration_seconds = watch_duration_seconds
 
     def expand(self, pbegin):
+        fmt = self.input_format
         if self.watch_seconds:
+            duration = self.watch_duration_seconds
+            termination = _AfterPolls(max(1, math.ceil(duration / self.watch_seconds))) if duration else never()
             return (pbegin
-                    | "Watch" >> fileio.MatchContinuously(
-                        self.pattern, interval=self.watch_seconds,
-                        **({"stop_timestamp": self.stop} if self.stop else {}))
+                    | "Pattern" >> beam.Create([self.pattern])
+                    | "Watch" >> Watch(_MatchPattern(bool(fmt)), poll_interval=self.watch_seconds, termination=termination)
+                    | "NewFiles" >> beam.Values()
                     | "Open" >> fileio.ReadMatches()
-                    | "Records" >> beam.FlatMap(read_file_records))
-        if input_format_of(self.pattern, self.input_format) == AVRO:
+                    | "Records" >> beam.FlatMap(read_file_records, fmt))
+        # Beam's splittable readers need the one format known while building: from the pattern alone.
+        known = pattern_format(self.pattern, fmt) if is_data_file(self.pattern) else None
+        if known == AVRO:
             return pbegin | "ReadAvro" >> beam.io.ReadFromAvro(self.pattern)
-        return pbegin | "ReadJsonLines" >> beam.io.ReadFromText(self.pattern, coder=BytesCoder(), strip_trailing_newlines=True)
+        if known is not None:
+            return pbegin | "ReadJsonLines" >> beam.io.ReadFromText(self.pattern, coder=BytesCoder(),
+                                                                    strip_trailing_newlines=True)
+        return (pbegin
+                | "Pattern" >> beam.Create([self.pattern])
+                | "Match" >> beam.FlatMap(data_files, bool(fmt))
+                | "Spread" >> beam.Reshuffle()
+                | "Open" >> fileio.ReadMatches()
+                | "Records" >> beam.FlatMap(read_file_records, fmt))
+
+
+class ReadModelRecords(beam.PTransform):
+    """Raw initial-model records (Avro dicts, JSON lines as bytes) of the model files at ``path``
+    (see ``models.model_files``), found when the job runs. ``input_format`` overrides extensions."""
+
+    def __init__(self, path: str, input_format: Optional[str] = None):
+        super().__init__()
+        self.path = path
+        self.input_format = input_format
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "ModelPath" >> beam.Create([self.path])
+                | "ModelFiles" >> beam.FlatMap(model_files, bool(self.input_format))
+                | "Spread" >> beam.Reshuffle()
+                | "OpenModels" >> fileio.ReadMatches()
+                | "ModelRecords" >> beam.FlatMap(read_file_records, self.input_format))
 
 
 class AvroSink(fileio.FileSink):
@@ -166,38 +249,37 @@ class WriteRecords(beam.PTransform):
             sink=self.sink_factory)
 
 
-def _latest_record(records):
-    """Of several records of one entity (updates and initial models), the newest by version and window."""
-    return max(records, key=lambda r: (r.get("version", 0), r.get("windowEnd", 0)))
-
-
 def _snapshot_name(window, pane, shard_index, total_shards, compression, destination):
     return f"part-{shard_index or 0:05d}.avro"
 
 
 class WriteSnapshot(beam.PTransform):
-    """The latest model of every entity, in Photon's GAME layout under ``<output>/random-effect/<coordinate>/``.
+    """The latest model of every entity (``models.latest_record``), in Photon's GAME layout under
+    ``<output>/random-effect/<coordinate>/``: ``coefficients/part-*.avro`` and ``id-info``.
 
-    Input: update records and initial-model records (dicts with ``modelId``). ``id-info`` is written
-    when the pipeline is built (it only holds the entity field and the feature shard).
+    Input: update records and initial-model records (dicts with ``modelId``). ``id-info`` (the
+    entity field and the feature shard) is written by a step of the pipeline, once, when it runs.
     """
 
     def __init__(self, output: str, coordinate: str, entity_field: str, feature_shard: str, trainer: str,
                  shards: int = 1):
         super().__init__()
-        self.base = FileSystems.join(output, "random-effect", coordinate)
+        self.base = coordinate_dir(output, coordinate)
         self.entity_field = entity_field
         self.feature_shard = feature_shard
         self.trainer = trainer
         self.shards = shards
 
     def expand(self, records):
-        write_id_info(self.base, self.entity_field, self.feature_shard)
-        trainer = self.trainer
+        base, entity_field, feature_shard = self.base, self.entity_field, self.feature_shard
+        (records.pipeline
+         | "IdInfo" >> beam.Create([base])
+         | "WriteIdInfo" >> beam.Map(write_id_info, entity_field, feature_shard))
+        modelclass = model_class(self.trainer)
         keys = ("modelId", "modelClass", "means", "variances", "lossFunction")
         return (records
                 | "ByEntity" >> beam.Map(lambda r: (r["modelId"], r))
-                | "Latest" >> beam.CombinePerKey(_latest_record)
-                | "PhotonRecord" >> beam.Map(lambda kv: {k: kv[1].get(k) for k in keys} | {"modelClass": model_class(trainer)})
-                | "Write" >> fileio.WriteToFiles(FileSystems.join(self.base, COEFFICIENTS), file_naming=_snapshot_name,
+                | "Latest" >> beam.CombinePerKey(latest_record)
+                | "PhotonRecord" >> beam.Map(lambda kv: {k: kv[1].get(k) for k in keys} | {"modelClass": modelclass})
+                | "Write" >> fileio.WriteToFiles(FileSystems.join(base, COEFFICIENTS), file_naming=_snapshot_name,
                                                  sink=lambda _: AvroSink("BayesianLinearModelAvro"), shards=self.shards))

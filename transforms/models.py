@@ -5,8 +5,8 @@ A ``RandomEffectModel`` holds one entity's coefficients by (name, term), the int
 the core's ``("intercept", "intercept")``, with their precision (the Hessian diagonal).
 """
 
+import functools
 import math
-import os
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -14,7 +14,10 @@ import numpy as np
 from lambda_core import INTERCEPT, photon_model_class
 
 from .examples import PHOTON_INTERCEPT, DeadLetter
-from .formats import AVRO, NOT_JSON, detect_format, expand, iter_avro, iter_json_lines, line_text, write_avro
+from apache_beam.io.filesystems import FileSystems
+
+from .formats import AVRO, NOT_JSON, detect_format, iter_avro, iter_json_lines, line_text, to_json, write_avro
+from .paths import data_files, is_glob, tree
 
 NameTerm = Tuple[str, str]
 LOGISTIC_MODEL_CLASS = "com.linkedin.photon.ml.supervised.classification.LogisticRegressionModel"
@@ -164,14 +167,13 @@ class ModelParser:
         return _core_name(name, term), float(value)
 
 
-def model_files(path: str) -> List[str]:
-    """The model files under ``path``: a GAME coordinate directory (``coefficients/part-*``), a GDMix
-    ``models/`` directory, a directory tree of model files, a single file, or a glob."""
-    if os.path.isdir(path):
-        coefficients = os.path.join(path, COEFFICIENTS)
-        files = expand(coefficients if os.path.isdir(coefficients) else path)
-    else:
-        files = expand(path)
+def model_files(path: str, any_extension: bool = False) -> List[str]:
+    """The model files under ``path`` (any Beam filesystem): a GAME coordinate directory (its
+    ``coefficients/`` files), a GDMix ``models/`` directory, a directory tree of model files, a
+    single file, or a glob; files of any name with ``any_extension`` (the format was given).
+    ``FileNotFoundError`` when there are none."""
+    files = [] if is_glob(path) else tree(FileSystems.join(path.rstrip("/"), COEFFICIENTS), any_extension)
+    files = files or data_files(path, any_extension)
     if not files:
         raise FileNotFoundError(f"No model files (.avro or .jsonl) found at {path!r}.")
     return files
@@ -179,7 +181,7 @@ def model_files(path: str) -> List[str]:
 
 def read_model_records(path: str, input_format: Optional[str] = None) -> Iterator[Any]:
     """Every raw model record under ``path`` (see ``model_files``); non-JSON lines come as text."""
-    for file in model_files(path):
+    for file in model_files(path, bool(input_format)):
         if detect_format(file, input_format) == AVRO:
             yield from iter_avro(file)
         else:
@@ -187,11 +189,36 @@ def read_model_records(path: str, input_format: Optional[str] = None) -> Iterato
                 yield value if value is not NOT_JSON else line_text(raw)
 
 
+def _recency(record: dict) -> Tuple[int, int]:
+    return record.get("version") or 0, record.get("windowEnd") or 0
+
+
+def newer_record(a: dict, b: dict) -> dict:
+    """The one rule for "the latest model of an entity", on model records (updates, initial models,
+    snapshot rows): the higher ``version``, then the later ``windowEnd``; on a tie, more
+    coefficients, then the content itself (means, variances), so the choice never depends on which
+    record arrived first."""
+    ka, kb = _recency(a), _recency(b)
+    if ka != kb:
+        return a if ka > kb else b
+    # Ties are rare (two initial records of one version): only then is the content looked at.
+    ca = (len(a.get("means") or ()), to_json([a.get("means"), a.get("variances")]))
+    cb = (len(b.get("means") or ()), to_json([b.get("means"), b.get("variances")]))
+    return a if ca >= cb else b
+
+
+def latest_record(records: Iterable[dict]) -> dict:
+    """``newer_record`` over several records of one entity (e.g. a combiner's input)."""
+    return functools.reduce(newer_record, records)
+
+
 def newer(a: RandomEffectModel, b: RandomEffectModel) -> RandomEffectModel:
-    """Of two models of one entity, the later: higher version, then later window, then more data."""
-    key_a = (a.version, a.window_end_ms, len(a.feature_names), a.means.tobytes())
-    key_b = (b.version, b.window_end_ms, len(b.feature_names), b.means.tobytes())
-    return a if key_a >= key_b else b
+    """``newer_record`` on models: the same choice the snapshot makes from their records."""
+    ka, kb = (a.version, a.window_end_ms), (b.version, b.window_end_ms)
+    if ka != kb:
+        return a if ka > kb else b
+    ra = model_record(a)
+    return a if newer_record(ra, model_record(b)) is ra else b
 
 
 def load_models(path: str, penalty: float, max_coefficients: int = DEFAULT_MAX_COEFFICIENTS,
@@ -281,8 +308,6 @@ def update_record(model: RandomEffectModel, *, num_examples: int, loss: Optional
 
 def write_id_info(coordinate_dir: str, entity_field: str, feature_shard: str) -> str:
     """Photon's ``id-info``: the entity field and the feature shard, one per line (local or gs://)."""
-    from apache_beam.io.filesystems import FileSystems
-
     path = FileSystems.join(coordinate_dir, ID_INFO)
     with FileSystems.create(path) as f:
         f.write(f"{entity_field}\n{feature_shard}\n".encode("utf-8"))
@@ -291,13 +316,14 @@ def write_id_info(coordinate_dir: str, entity_field: str, feature_shard: str) ->
 
 def coordinate_dir(output: str, coordinate: str) -> str:
     """``<output>/random-effect/<coordinate>``: Photon's GAME layout."""
-    return os.path.join(output, "random-effect", coordinate)
+    return FileSystems.join(output, "random-effect", coordinate)
 
 
 def write_snapshot(models: Iterable[RandomEffectModel], output: str, coordinate: str, entity_field: str,
                    feature_shard: str = "features", trainer: str = "sequential_bayesian_logistic",
                    records_per_part: int = 100_000, sparsity_threshold: float = 0.0) -> Dict[str, Any]:
-    """Write the latest model of every entity in Photon's GAME layout under ``output``.
+    """Write the latest model of every entity in Photon's GAME layout under ``output`` (any Beam
+    filesystem).
 
     Writes ``random-effect/<coordinate>/id-info`` and ``coefficients/part-NNNNN.avro`` (entities in
     sorted order, so the files are reproducible); returns the paths and the count.
@@ -308,7 +334,7 @@ def write_snapshot(models: Iterable[RandomEffectModel], output: str, coordinate:
     parts = []
     for part, start in enumerate(range(0, max(len(ordered), 1), records_per_part)):
         chunk = ordered[start:start + records_per_part]
-        path = os.path.join(base, COEFFICIENTS, f"part-{part:05d}.avro")
+        path = FileSystems.join(base, COEFFICIENTS, f"part-{part:05d}.avro")
         write_avro(path, "BayesianLinearModelAvro", (model_record(m, trainer, sparsity_threshold) for m in chunk))
         parts.append(path)
     return {"directory": base, "parts": parts, "models": len(ordered)}

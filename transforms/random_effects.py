@@ -18,9 +18,9 @@ from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from . import progress
-from .examples import DeadLetter, Example, ExampleParser
-from .formats import is_blank
-from .models import ModelParser, model_record, newer, update_record
+from .examples import DeadLetter, ExampleParser
+from .formats import NOT_JSON, decode_json_line, is_blank, line_text
+from .models import ModelParser, model_record, newer
 from .state import (
     EXAMPLE_TAG,
     MODEL_TAG,
@@ -34,19 +34,10 @@ from .state import (
     encode_model,
     example_timestamp,
 )
-from .update import UpdateConfig, chunks, forget_uids, order_minibatch, split_duplicates, train_minibatch
+from .update import UpdateConfig, train_due
 
 NAMESPACE = "lambda_learner"
 DEAD_LETTERS, VALIDATION = "dead_letters", "validation"
-
-
-def example_to_dict(ex: Example) -> dict:
-    """A validated example back in the input's field names (for dead letters of failed batches)."""
-    return {
-        "uid": ex.uid, "entityId": ex.entity_id, "timestamp": ex.timestamp_ms, "label": ex.label,
-        "weight": ex.weight, "offset": ex.offset,
-        "features": [{"name": n, "term": t, "value": v} for n, t, v in ex.features],
-    }
 
 
 def count_dead_letter(dead: DeadLetter) -> None:
@@ -58,8 +49,10 @@ def count_dead_letter(dead: DeadLetter) -> None:
 class ParseExamplesFn(beam.DoFn):
     """Raw record or JSON line -> ``(entity, encoded example)`` at its event time, or a dead letter.
 
+    The encoded example keeps the record as it was read, for the dead letters of later stages.
     Blank lines (empty or whitespace) are layout, not records: they are skipped and counted as
-    ``blank_lines``, as every other reader of JSON lines here skips them.
+    ``blank_lines``, as every other reader of JSON lines here skips them. A ``DeadLetter`` from the
+    read step (a file that could not be read) passes through to the dead letters.
     """
 
     def __init__(self, parser: ExampleParser):
@@ -75,24 +68,39 @@ class ParseExamplesFn(beam.DoFn):
         if is_line and is_blank(record):
             self.blank.inc()
             return
+        if isinstance(record, DeadLetter):
+            count_dead_letter(record)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record.to_dict())
+            return
         self.read.inc()
         progress.record_read()
-        parsed = self.parser.parse_json_line(record) if is_line else self.parser.parse(record)
+        parsed = self.parser.parse_as_read(record)
         if isinstance(parsed, DeadLetter):
             count_dead_letter(parsed)
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, parsed.to_dict())
             return
         self.valid.inc()
-        yield TimestampedValue((parsed.entity_id, EXAMPLE_TAG + encode_example(parsed)), parsed.timestamp_ms / 1000.0)
+        encoded = encode_example(parsed)
+        yield TimestampedValue((parsed.entity_id, EXAMPLE_TAG + encoded), parsed.timestamp_ms / 1000.0)
 
 
 class ParseModelsFn(beam.DoFn):
-    """Raw model record -> ``(entity, encoded model)`` at MIN_TIMESTAMP, or a dead letter."""
+    """Raw model record (an Avro dict or a JSON line) -> ``(entity, encoded model)`` at
+    MIN_TIMESTAMP, or a dead letter (a line that is not JSON is one, with the line as text)."""
 
     def __init__(self, parser: ModelParser):
         self.parser = parser
 
     def process(self, record):
+        if isinstance(record, DeadLetter):
+            count_dead_letter(record)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record.to_dict())
+            return
+        if isinstance(record, (bytes, str)):
+            if is_blank(record):
+                return
+            value = decode_json_line(record)
+            record = line_text(record) if value is NOT_JSON else value
         parsed = self.parser.parse(record)
         if isinstance(parsed, DeadLetter):
             count_dead_letter(parsed)
@@ -165,12 +173,9 @@ class UpdateRandomEffectsFn(beam.DoFn):
                 model_state.write(EntityState(newer(current.model, incoming), current.recent_uids))
             return
         encoded = payload[1:]
-        batch_end = self.config.batch_end(example_timestamp(encoded))
-        done = flushed_until.read() or 0
-        if batch_end <= done:
-            # Its interval was already trained for this entity: train it with the next mini-batch.
+        batch_end, late = self.config.minibatch_of(example_timestamp(encoded), flushed_until.read() or 0)
+        if late:
             self.late.inc()
-            batch_end = done + self.config.minibatch_ms
         buffer.add(buffer_entry(batch_end, encoded))
         pending = flush_at.read()
         if pending is None or batch_end < pending:
@@ -196,52 +201,32 @@ class UpdateRandomEffectsFn(beam.DoFn):
 
         state = model_state.read()
         model = state.model if state is not None else None
-        recent = dict(state.recent_uids) if state is not None else {}
-        horizon = self.config.dedup_horizon_ms
-        changed = False
         if model is None and due:
             self.cold.inc()
-        for end in sorted(due):
-            examples = order_minibatch([decode_buffer_entry(e)[1] for e in due[end]])
-            if horizon:
-                if recent:
-                    before = len(recent)
-                    forget_uids(recent, end, horizon)
-                    changed |= len(recent) != before
-                examples, duplicates = split_duplicates(examples, recent)
-                for ex in duplicates:
-                    self.duplicates.inc()
-                    dead = DeadLetter("duplicate", "dedup", example_to_dict(ex), "duplicate")
-                    count_dead_letter(dead)
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead.to_dict())
-            for chunk in chunks(examples, self.config.max_minibatch_size):
-                result = train_minibatch(model, key, chunk, end, self.config)
-                self.batch_size.update(len(chunk))
-                self.train_micros.update(int(result.train_seconds * 1e6))
-                yield beam.pvalue.TaggedOutput(VALIDATION, {
-                    "modelId": key, "windowEnd": end, "labels": result.labels.tolist(),
-                    "weights": result.weights.tolist(), "offsetScores": result.offset_scores.tolist(),
-                    "modelScores": result.model_scores.tolist(),
-                })
-                if result.failure is not None:
-                    self.failed.inc()
-                    self.failed_examples.inc(len(chunk))
-                    dead = DeadLetter(result.failure, "train", [example_to_dict(e) for e in chunk], "training")
-                    count_dead_letter(dead)
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead.to_dict())
-                    continue
-                model = result.model
-                changed = True
-                if horizon:
-                    recent.update((ex.uid, end) for ex in chunk if ex.uid is not None)
-                self.updates.inc()
-                progress.update_made()
-                self.trained.inc(len(chunk))
-                self.latency_ms.update(max(0, int(time.time() * 1000) - end))
-                yield update_record(model, num_examples=len(chunk), loss=result.loss, converged=result.converged,
-                                    coordinate=self.config.coordinate, trainer=self.config.trainer)
-        if changed:
-            model_state.write(EntityState(model, tuple(recent.items())))
+        flushed = train_due(model, dict(state.recent_uids) if state is not None else {}, key,
+                            {end: [decode_buffer_entry(e)[1] for e in entries] for end, entries in due.items()},
+                            self.config)
+        for dead in flushed.dead_letters:
+            count_dead_letter(dead)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead.to_dict())
+        for record in flushed.validation:
+            yield beam.pvalue.TaggedOutput(VALIDATION, record)
+        for size, micros in zip(flushed.minibatch_sizes, flushed.train_micros):
+            self.batch_size.update(size)
+            self.train_micros.update(micros)
+        now = int(time.time() * 1000)
+        for update in flushed.updates:
+            self.latency_ms.update(max(0, now - update["windowEnd"]))
+            yield update
+        if flushed.updates:
+            self.updates.inc(len(flushed.updates))
+            progress.update_made(len(flushed.updates))
+        for counter, n in ((self.duplicates, flushed.duplicates), (self.failed, flushed.failed_updates),
+                           (self.failed_examples, flushed.examples_failed), (self.trained, flushed.examples_trained)):
+            if n:
+                counter.inc(n)
+        if flushed.changed:
+            model_state.write(EntityState(flushed.model, tuple(flushed.recent_uids.items())))
         if due:
             flushed_until.write(max(max(due), flushed_until.read() or 0))
         if keep:

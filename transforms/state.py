@@ -16,11 +16,18 @@ Entity-state versions (the first byte):
 * 3: version 2, then the model's forgetting reference (``--forgetting-target initial``): its
   length r, then r float64 means and r float64 precisions. Written only for a model that has a
   reference; every other state is still written as version 2, byte for byte.
+
+Example versions (buffered examples):
+
+* 1: the validated example.
+* 2: the validated example, then the record exactly as it was read (a JSON line's bytes, an Avro
+  record as JSON), so that a dead letter from a later stage (de-duplication, training) carries
+  the input itself and can be fixed and fed back. Version-1 entries still decode (no record).
 """
 
 import struct
 from itertools import groupby
-from typing import List, NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 from apache_beam import coders
@@ -31,7 +38,8 @@ from .models import RandomEffectModel
 MODEL_STATE_VERSION = 2  # what a model without a forgetting reference is written as
 REFERENCE_STATE_VERSION = 3  # ... and with one
 READABLE_MODEL_STATE_VERSIONS = (1, 2, 3)
-EXAMPLE_VERSION = 1
+EXAMPLE_VERSION = 2
+READABLE_EXAMPLE_VERSIONS = (1, 2)
 EXAMPLE_TAG, MODEL_TAG = b"E", b"M"
 
 _I64 = struct.Struct("<q")
@@ -251,8 +259,9 @@ def decode_model(data: bytes) -> RandomEffectModel:
     return decode_entity_state(data).model
 
 
-def encode_example(ex: Example) -> bytes:
-    """Version, timestamp, entity, uid (flag + text), label, weight, offset, features."""
+def encode_example(ex: Example, source: Optional[bytes] = None) -> bytes:
+    """Version (2), timestamp, entity, uid (flag + text), label, weight, offset, features; then the
+    record as read (flag + varint length + bytes): ``source``, else ``ex.source``."""
     w = _Writer(EXAMPLE_VERSION)
     w.i64(ex.timestamp_ms)
     w.text(ex.entity_id)
@@ -267,12 +276,19 @@ def encode_example(ex: Example) -> bytes:
         w.text(name)
         w.text(term)
         w.parts.append(_F64.pack(value))
+    source = ex.source if source is None else source
+    if source is None:
+        w.parts.append(b"\x00")
+    else:
+        w.parts.append(b"\x01")
+        w.varint(len(source))
+        w.parts.append(bytes(source))
     return w.getvalue()
 
 
 def decode_example(data: bytes) -> Example:
-    """Inverse of ``encode_example``."""
-    _check_version(data, (EXAMPLE_VERSION,), "Example")
+    """Inverse of ``encode_example`` (versions 1 and 2); the record as read is ``Example.source``."""
+    version = _check_version(data, READABLE_EXAMPLE_VERSIONS, "Example")
     r = _Reader(data)
     timestamp = r.i64()
     entity = r.text()
@@ -283,8 +299,11 @@ def decode_example(data: bytes) -> Example:
         name = r.text()
         term = r.text()
         features.append((name, term, _F64.unpack(r.take(8))[0]))
+    source = None
+    if version >= 2 and r.take(1)[0]:
+        source = bytes(r.take(r.varint()))
     r.done()
-    return Example(entity, timestamp, uid, label, weight, offset, tuple(features))
+    return Example(entity, timestamp, uid, label, weight, offset, tuple(features), source)
 
 
 def buffer_entry(batch_end_ms: int, encoded_example: bytes) -> bytes:
@@ -317,5 +336,5 @@ class EntityStateCoder(coders.Coder):
 
 def example_timestamp(encoded_example: bytes) -> int:
     """The event time of an encoded example, read without decoding the rest."""
-    _check_version(encoded_example, (EXAMPLE_VERSION,), "Example")
+    _check_version(encoded_example, READABLE_EXAMPLE_VERSIONS, "Example")
     return _I64.unpack_from(encoded_example, 1)[0]

@@ -24,8 +24,8 @@ from lambda_core import (
     update_entity,
 )
 
-from .examples import Example
-from .models import RandomEffectModel, cold_model
+from .examples import DeadLetter, Example, source_payload
+from .models import RandomEffectModel, cold_model, update_record
 
 HESSIANS = {"full": HessianType.FULL, "diagonal": HessianType.DIAGONAL, "identity": HessianType.IDENTITY,
             "none": HessianType.NONE}
@@ -136,6 +136,15 @@ class UpdateConfig:
         if self.forgetting_factor is not None:
             return forgetting_factor(elapsed, self.minibatch_ms, float(self.forgetting_factor))
         return forgetting_factor(elapsed, self.minibatch_ms, 1.0, self.forgetting_half_life_seconds * 1000.0)
+
+    def minibatch_of(self, timestamp_ms: int, flushed_until_ms: int) -> Tuple[int, bool]:
+        """(end of the mini-batch an example joins, whether it is late) for an entity whose
+        mini-batches up to ``flushed_until_ms`` are trained: its own interval, or, when that was
+        already trained, the entity's next one (a late example is never dropped)."""
+        end = self.batch_end(timestamp_ms)
+        if end <= flushed_until_ms:
+            return flushed_until_ms + self.minibatch_ms, True
+        return end, False
 
 
 class MinibatchResult(NamedTuple):
@@ -261,3 +270,81 @@ def train_minibatch_general(model: Optional[RandomEffectModel], entity_id: str, 
     """``train_minibatch`` through the core's numpy solver, for any size and any prior: the reference
     the small path is tested against."""
     return train_minibatch(model, entity_id, examples, window_end_ms, config, small=False)
+
+
+class EntityFlush(NamedTuple):
+    """What training one entity's due mini-batches produced (``train_due``).
+
+    ``model`` and ``recent_uids`` are the entity's state afterwards and ``changed`` whether it
+    differs from before; ``updates`` the update records, in order; ``validation`` one
+    progressive-validation record per trained (or failed) chunk; ``dead_letters`` the duplicates
+    and the examples of failed updates; the rest are counts for the job's metrics.
+    """
+
+    model: Optional[RandomEffectModel]
+    recent_uids: Dict[str, int]
+    changed: bool
+    updates: List[dict]
+    validation: List[dict]
+    dead_letters: List[DeadLetter]
+    minibatch_sizes: List[int]
+    train_micros: List[int]
+    duplicates: int
+    failed_updates: int
+    examples_failed: int
+    examples_trained: int
+
+
+def train_due(model: Optional[RandomEffectModel], recent_uids: Dict[str, int], entity_id: str,
+              due: Dict[int, Sequence[Example]], config: UpdateConfig) -> EntityFlush:
+    """Train an entity's due mini-batches (``{mini-batch end: examples}``) in interval order: the
+    step the job's flush applies and ``pipeline.replay`` applies the same way, so the two agree bit
+    for bit.
+
+    Each mini-batch is put in training order; with de-duplication on, uids of mini-batches that
+    ended a horizon or more before it are forgotten first and then its duplicates are dead letters;
+    it is trained in chunks of at most ``max_minibatch_size``. A failed chunk keeps the model and
+    sends each of its examples to the dead letters; only trained uids are remembered.
+    """
+    recent = dict(recent_uids)
+    horizon = config.dedup_horizon_ms
+    changed = False
+    updates, validation, dead = [], [], []
+    sizes, micros = [], []
+    duplicates = failed = failed_examples = trained = 0
+    for end in sorted(due):
+        examples = order_minibatch(due[end])
+        if horizon:
+            if recent:
+                before = len(recent)
+                forget_uids(recent, end, horizon)
+                changed |= len(recent) != before
+            examples, repeated = split_duplicates(examples, recent)
+            duplicates += len(repeated)
+            dead.extend(DeadLetter("duplicate", "dedup", source_payload(ex), "duplicate") for ex in repeated)
+        for chunk in chunks(examples, config.max_minibatch_size):
+            result = train_minibatch(model, entity_id, chunk, end, config)
+            sizes.append(len(chunk))
+            micros.append(int(result.train_seconds * 1e6))
+            validation.append({
+                "modelId": entity_id, "windowEnd": end, "labels": result.labels.tolist(),
+                "weights": result.weights.tolist(), "offsetScores": result.offset_scores.tolist(),
+                "modelScores": result.model_scores.tolist(),
+            })
+            if result.failure is not None:
+                failed += 1
+                failed_examples += len(chunk)
+                # One dead letter per example, each carrying its record as read, so that the
+                # mini-batch can be fixed and fed back record by record.
+                dead.extend(DeadLetter(result.failure, "train", source_payload(ex), "training") for ex in chunk)
+                continue
+            model = result.model
+            changed = True
+            if horizon:
+                recent.update((ex.uid, end) for ex in chunk if ex.uid is not None)
+            trained += len(chunk)
+            updates.append(update_record(model, num_examples=len(chunk), loss=result.loss,
+                                         converged=result.converged, coordinate=config.coordinate,
+                                         trainer=config.trainer))
+    return EntityFlush(model, recent, changed, updates, validation, dead, sizes, micros, duplicates, failed,
+                       failed_examples, trained)

@@ -1,0 +1,141 @@
+"""``python -m pipeline.replay`` against the Beam job (batch DirectRunner), same input, same run.
+
+Both run as whole processes on the same synthetic keyed examples (``bench_pipeline``'s generator);
+prints records/s of each, the ratio replay / job, peak RSS, and checks that both snapshots hold the
+same models. The requirement is a ratio >= 5 (aim 20). With ``--replay-only`` it runs the replay
+alone (e.g. on 10 M records, for its memory), still printing records/s and peak RSS.
+
+    python benchmarks/bench_replay.py [--records 30000] [--entities 3000] [--features 3] [--intervals 5]
+        [--repeat 3] [--replay-only]
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from bench_pipeline import write_examples  # noqa: E402
+
+
+def write_ordered_examples(path, records, entities, features, minutes, vocabulary=50, seed=0):
+    """Examples in event-time order (a few seconds of jitter), ``minutes`` of stream: the input a
+    long backfill reads, for the replay's memory (bounded by the open intervals, not the input)."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    span = minutes * 60_000
+    start = 1_764_028_800_000
+    chunk = 100_000
+    with open(path, "w") as f:
+        for first in range(0, records, chunk):
+            n = min(chunk, records - first)
+            users = rng.integers(entities, size=n)
+            labels = rng.random(n) < 0.3
+            offsets = np.round(rng.normal(scale=0.5, size=n), 4)
+            terms = rng.integers(vocabulary, size=(n, features))
+            values = np.round(rng.normal(size=(n, features)), 4)
+            jitter = rng.integers(-5_000, 5_000, size=n)
+            lines = []
+            for j in range(n):
+                i = first + j
+                ts = start + i * span // records + int(jitter[j])
+                feats = [{"name": "f", "term": str(int(t)), "value": float(v)}
+                         for t, v in zip(dict.fromkeys(terms[j].tolist()), values[j].tolist())]
+                lines.append(json.dumps({"uid": f"e{i}", "entity": f"n{int(users[j])}", "ts": ts,
+                                         "label": int(labels[j]), "offset": float(offsets[j]), "features": feats}))
+            f.write("\n".join(lines) + "\n")
+
+
+def run(cmd, show_stderr=False):
+    """(wall seconds, peak RSS in MB) of one child process."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=None if show_stderr else err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}\n{stderr[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def snapshot_models(output):
+    from transforms.models import load_models
+
+    models, dead = load_models(os.path.join(output, "random-effect", "entity"), penalty=10.0)
+    assert not dead
+    return {e: (m.feature_names, m.means.tobytes(), m.precisions.tobytes()) for e, m in models.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=30_000)
+    parser.add_argument("--entities", type=int, default=3_000)
+    parser.add_argument("--features", type=int, default=3)
+    parser.add_argument("--intervals", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--replay-only", action="store_true",
+                        help="run the replay alone, on examples in event-time order over --intervals minutes")
+    parser.add_argument("--minibatch-seconds", default="60")
+    parser.add_argument("--vocabulary", type=int, default=50, help="--replay-only: distinct feature terms")
+    parser.add_argument("--keep", help="write the data and outputs here and keep them")
+    args = parser.parse_args(argv)
+    work = args.keep or tempfile.mkdtemp(prefix="bench-replay-")
+    os.makedirs(work, exist_ok=True)
+    try:
+        data = os.path.join(work, "examples.jsonl")
+        if not os.path.exists(data):
+            if args.replay_only:
+                write_ordered_examples(data, args.records, args.entities, args.features, args.intervals,
+                                       args.vocabulary)
+            else:
+                write_examples(data, args.records, args.entities, args.features, args.intervals)
+        print(f"{args.records:,} records, {args.entities:,} entities, {args.features} features each, "
+              f"{args.intervals} minutes of event time, {args.minibatch_seconds} s mini-batches")
+        common = ["--input", data, "--entity-field", "entity", "--timestamp-field", "ts",
+                  "--minibatch-seconds", args.minibatch_seconds]
+        replay_cmd = [sys.executable, "-m", "pipeline.replay", *common, "--output", os.path.join(work, "replay")]
+        job_cmd = [sys.executable, "-m", "pipeline", *common, "--output", os.path.join(work, "job")]
+        if args.replay_only:
+            seconds, rss = run(replay_cmd + ["--progress-seconds", "60"], show_stderr=True)
+            print(f"replay  {seconds:8.1f}s  {args.records / seconds:10,.0f} records/s  peak RSS {rss:,.0f} MB")
+            return 0
+        ratios, jobs, replays = [], [], []
+        for i in range(args.repeat):
+            if i % 2:  # alternate which goes first, so a drift in the machine's load hits both alike
+                replay_s, replay_rss = run(replay_cmd)
+                job_s, job_rss = run(job_cmd)
+            else:
+                job_s, job_rss = run(job_cmd)
+                replay_s, replay_rss = run(replay_cmd)
+            jobs.append(job_s)
+            replays.append(replay_s)
+            ratios.append(job_s / replay_s)
+            print(f"  run {i + 1}: job {job_s:6.1f}s ({args.records / job_s:,.0f} records/s, peak RSS {job_rss:,.0f} MB)"
+                  f"   replay {replay_s:6.1f}s ({args.records / replay_s:,.0f} records/s, peak RSS {replay_rss:,.0f} MB)"
+                  f"   ratio {job_s / replay_s:.1f}")
+        same = snapshot_models(os.path.join(work, "replay")) == snapshot_models(os.path.join(work, "job"))
+        ratio = statistics.median(ratios)
+        print(f"job {statistics.median(jobs):.1f}s, replay {statistics.median(replays):.1f}s: "
+              f"replay/job records/s ratio {ratio:.1f} (required >= 5, aim 20); snapshots identical: {same}")
+        ok = ratio >= 5 and same
+        print("PASS" if ok else "FAIL")
+        return 0 if ok else 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
