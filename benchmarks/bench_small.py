@@ -1,6 +1,6 @@
 """Where the plain-Python small-problem update stops paying: per-update time of
 ``train_minibatch_small`` against ``train_minibatch_general`` (the lambda_core trainers) on cold
-entities, by mini-batch size. ``transforms.update.SMALL_MAX_ENTRIES`` (examples x active columns)
+entities, by mini-batch size. ``lambda_core._newton.SMALL_MAX_ENTRIES`` (examples x active columns)
 is set from this table.
 
     python benchmarks/bench_small.py
@@ -14,6 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from lambda_core import _newton  # noqa: E402
 from transforms import update  # noqa: E402
 from transforms.examples import Example  # noqa: E402
 from transforms.models import cold_model  # noqa: E402
@@ -41,7 +42,7 @@ def per_call(fn, repeat=5, number=50):
 def main():
     rng = np.random.default_rng(0)
     config = update.UpdateConfig()
-    limit, update.SMALL_MAX_ENTRIES = update.SMALL_MAX_ENTRIES, 10**9  # time the small path everywhere
+    limit, _newton.SMALL_MAX_ENTRIES = _newton.SMALL_MAX_ENTRIES, 10**9  # time the small path everywhere
     print(f"{'examples':>8} {'columns':>7} {'n x k':>6} {'small':>9} {'general':>9} {'speed-up':>8}")
     for n, per_row, features in SHAPES:
         examples = minibatch(rng, n, per_row, features)

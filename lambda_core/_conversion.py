@@ -1,5 +1,6 @@
 """Conversions between the name-term (NTV) domain and the index domain."""
 
+from itertools import chain
 from operator import attrgetter
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -10,8 +11,9 @@ from ._index_map import IndexMap
 from ._indexed import IndexedDataset, IndexedModel
 from ._ntv import Feature, NameTerm, TrainingRecord
 
-_name_term = attrgetter("name", "term")
+_name_term = attrgetter("name_term")
 _value = attrgetter("value")
+_features = attrgetter("features")
 
 
 def nt_domain_data_to_index_domain_data(records: List[TrainingRecord], index_map: IndexMap) -> IndexedDataset:
@@ -21,26 +23,29 @@ def nt_domain_data_to_index_domain_data(records: List[TrainingRecord], index_map
     repeated within one record is summed, as in the original library.
     """
     n = len(records)
-    lookup = index_map._nt_to_index  # hot path: one dict lookup per feature, no method call
-    columns, values, indptr = [], [], [0]
+    lookup = index_map._nt_to_index  # hot path: C-level maps over the features, no Python frame each
+    per_record = list(map(_features, records))
+    counts = np.fromiter(map(len, per_record), dtype=np.int64, count=n)
+    flat = list(chain.from_iterable(per_record))
     try:
-        for record in records:
-            features = record.features
-            columns.append(0)
-            values.append(1.0)
-            columns.extend([lookup[nt] for nt in map(_name_term, features)])
-            values.extend(map(_value, features))
-            indptr.append(len(columns))
+        columns = np.fromiter(map(lookup.__getitem__, map(_name_term, flat)), dtype=np.int32, count=len(flat))
     except KeyError as err:
         raise IndexError(f"NameTerm {err.args[0]} is not in the index map.") from None
-    X = sparse.csr_matrix(
-        (np.array(values, dtype=np.float64), np.array(columns, dtype=np.int32), np.array(indptr, dtype=np.int32)),
-        shape=(n, len(index_map)),
-    )
+    values = np.fromiter(map(_value, flat), dtype=np.float64, count=len(flat))
+    # Each row is the intercept (column 0, value 1) followed by the record's features.
+    indptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(counts + 1, out=indptr[1:])
+    is_feature = np.ones(indptr[-1], dtype=bool)
+    is_feature[indptr[:-1]] = False
+    all_columns = np.zeros(indptr[-1], dtype=np.int32)
+    all_values = np.ones(indptr[-1], dtype=np.float64)
+    all_columns[is_feature] = columns
+    all_values[is_feature] = values
+    X = sparse.csr_matrix((all_values, all_columns, indptr), shape=(n, len(index_map)))
     X.sum_duplicates()
-    labels = np.array([r.label for r in records], dtype=np.float64)
-    weights = np.array([r.weight for r in records], dtype=np.float64)
-    offsets = np.array([r.offset for r in records], dtype=np.float64)
+    labels = np.fromiter(map(attrgetter("label"), records), dtype=np.float64, count=n)
+    weights = np.fromiter(map(attrgetter("weight"), records), dtype=np.float64, count=n)
+    offsets = np.fromiter(map(attrgetter("offset"), records), dtype=np.float64, count=n)
     return IndexedDataset(X, labels, weights, offsets)
 
 

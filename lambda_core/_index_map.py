@@ -9,7 +9,7 @@ from ._ntv import Feature, NameTerm, TrainingRecord
 INTERCEPT_NAME = "intercept"
 INTERCEPT_TERM = "intercept"
 INTERCEPT: NameTerm = (INTERCEPT_NAME, INTERCEPT_TERM)
-_name_term = attrgetter("name", "term")
+_name_term = attrgetter("name_term")
 
 
 class IndexMap:

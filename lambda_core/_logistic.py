@@ -1,44 +1,95 @@
-"""Logistic regression with an L2 penalty."""
+"""The logistic loss family, and logistic regression with an L2 penalty."""
+
+import math
+from typing import List, Sequence
 
 import numpy as np
 from scipy.special import expit
 
 from ._indexed import HessianType
+from ._loss import BINARY, LossFamily
 from ._trainer import NewtonTrainer
+
+_exp, _log1p = math.exp, math.log1p
+_LOG2 = math.log(2.0)
+# math.exp raises OverflowError above ~709.78 where C returns inf. Below -709 the sigmoid is under
+# 1e-307 and is taken as 0 (C's 1/(1+exp(-z)) reaches 0 a little further out).
+_EXP_MAX = 709.0
 
 
 def logistic_labels(y: np.ndarray) -> np.ndarray:
     """Map labels in {0, 1} or {-1, +1} to {-1, +1}; anything else is a ``ValueError``."""
-    # y^3 - y vanishes exactly on {-1, 0, 1} (and is NaN for NaN): one vectorised check.
-    valid = (y * y - 1.0) * y == 0.0
-    if not valid.all():
-        raise ValueError(f"Logistic labels must be in {{0, 1}} or {{-1, +1}}; got {y[~valid][0]!r}.")
+    BINARY.check(y, "logistic")
     return (y == 1.0) * 2.0 - 1.0
 
 
-class LogisticLoss:
-    """Weighted logistic loss ``sum_i w_i log(1 + exp(-y_i m_i))``, overflow-free for any margin."""
+class LogisticLoss(LossFamily):
+    """``sum_i w_i log(1 + exp(-y_i m_i))`` with y in {-1, +1}, overflow-free for any margin.
 
-    def _data_loss(self, margin):
-        return float(self.data.w @ np.logaddexp(0.0, margin * self._neg_y))
+    Its labels (what ``terms`` takes) are ``-y``: ``terms`` works with ``z = -y m``, the margin of
+    the wrong label. Second derivative ``w p (1 - p) <= w / 4``.
+    """
 
-    def _data_terms(self, margin):
-        neg_z = margin * self._neg_y
+    name = "logistic"
+    label_rule = BINARY
+    curvature_bound = 0.25
+
+    def labels(self, y: np.ndarray) -> np.ndarray:
+        return -logistic_labels(y)
+
+    def value(self, margin, y, w):
+        return float(w @ np.logaddexp(0.0, margin * y))
+
+    def terms(self, margin, y, w):
+        neg_z = margin * y
         s = expit(neg_z)  # probability of the wrong label
-        ws = self.data.w * s
-        return float(self.data.w @ np.logaddexp(0.0, neg_z)), self._neg_y * ws, ws - ws * s
+        ws = w * s
+        return float(w @ np.logaddexp(0.0, neg_z)), y * ws, ws - ws * s
 
-    def _labels(self, y):
-        labels = logistic_labels(y)
-        self._neg_y = -labels
-        return labels
+    def small_labels(self, labels: Sequence[float]):
+        out = []
+        for v in labels:
+            if v == 1.0:
+                out.append(-1.0)
+            elif v == 0.0 or v == -1.0:
+                out.append(1.0)
+            else:
+                return None
+        return out
+
+    def terms_small(self, margins, y, w):
+        # ``expit`` and ``logaddexp(0, z)`` written as scipy and numpy compute them, so each term is
+        # the same float as in ``terms``.
+        total = 0.0
+        d1: List[float] = []
+        d2: List[float] = []
+        for m, ny, wi in zip(margins, y, w):
+            z = m * ny
+            if z > 0.0:
+                loss = z + _log1p(_exp(-z))
+            elif z < 0.0:
+                loss = _log1p(_exp(z))
+            elif z == 0.0:
+                loss = _LOG2
+            else:  # NaN stays NaN, as in numpy
+                loss = z
+            s = 1.0 / (1.0 + _exp(-z)) if z > -_EXP_MAX else (z if z != z else 0.0)
+            total += wi * loss
+            ws = wi * s
+            d1.append(ny * ws)
+            d2.append(ws - ws * s)
+        return total, d1, d2
 
 
-class TrainerLogisticLossWithL2(LogisticLoss, NewtonTrainer):
+LOGISTIC = LogisticLoss()
+
+
+class TrainerLogisticLossWithL2(NewtonTrainer):
     """Logistic regression: ``sum_i w_i log(1 + exp(-y_i (x_i.theta + o_i))) + penalty/2 |theta|^2``.
 
     Hessian after training: ``X' D X + penalty * I`` with ``D = diag(w_i p_i (1 - p_i))``.
-    Training starts from ``initial_model.theta``; the initial Hessian is not used.
+    Training starts from ``initial_model.theta``; the initial Hessian is not used (memoryless: the
+    job offers ``sequential_bayesian_logistic`` instead).
 
     Examples
     --------
@@ -52,4 +103,5 @@ class TrainerLogisticLossWithL2(LogisticLoss, NewtonTrainer):
     (0, 2.3107)
     """
 
+    family = LOGISTIC
     default_hessian_type = HessianType.NONE

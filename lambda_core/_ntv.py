@@ -15,17 +15,31 @@ class Feature:
     Also used for model coefficients, where ``value`` is a mean or a variance.
     """
 
-    __slots__ = ("name", "term", "value")
+    # The (name, term) key is stored as one tuple, built once: index maps and conversions look up
+    # millions of keys and would otherwise build a tuple per lookup.
+    __slots__ = ("name_term", "value")
 
     def __init__(self, name: Name, term: Term, value: Value):
-        self.name = name
-        self.term = term
+        self.name_term: NameTerm = (name, term)
         self.value = value
 
     @property
-    def name_term(self) -> NameTerm:
-        """The ``(name, term)`` key of this feature."""
-        return self.name, self.term
+    def name(self) -> Name:
+        """The feature's name."""
+        return self.name_term[0]
+
+    @name.setter
+    def name(self, name: Name) -> None:
+        self.name_term = (name, self.name_term[1])
+
+    @property
+    def term(self) -> Term:
+        """The feature's term."""
+        return self.name_term[1]
+
+    @term.setter
+    def term(self, term: Term) -> None:
+        self.name_term = (self.name_term[0], term)
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, Feature):

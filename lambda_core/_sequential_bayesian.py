@@ -1,20 +1,18 @@
 """Sequential Bayesian logistic regression: the Lambda Learner incremental update."""
 
-import numpy as np
-
-from ._indexed import HessianType, model_precision
-from ._logistic import LogisticLoss
-from ._trainer import NewtonTrainer
+from ._logistic import LOGISTIC
+from ._trainer import SequentialBayesianTrainer
 
 
-class TrainerSequentialBayesianLogisticLossWithL2(LogisticLoss, NewtonTrainer):
+class TrainerSequentialBayesianLogisticLossWithL2(SequentialBayesianTrainer):
     """One incremental update of a logistic model, with the previous model as the prior.
 
     Minimises ``sum_i w_i log(1 + exp(-y_i (x_i.theta + o_i))) + (1-delta) penalty/2 |theta|^2
     + delta/2 (theta - theta0)' H0 (theta - theta0)`` where ``theta0`` and ``H0`` are the initial
     model's mean and Hessian (``H0 = penalty * I`` when it has none) and ``delta`` in [0, 1] is the
     forgetting factor (0 forgets the past entirely). Hessian after training:
-    ``delta H0 + X' D X + (1-delta) penalty I``.
+    ``delta H0 + X' D X + (1-delta) penalty I``. (``forgetting_target`` other than ``"zero"`` changes
+    the ``(1-delta)`` term: see ``QuadraticPrior.sequential``.)
 
     Examples
     --------
@@ -29,16 +27,4 @@ class TrainerSequentialBayesianLogisticLossWithL2(LogisticLoss, NewtonTrainer):
     [10.72, 10.47]
     """
 
-    default_hessian_type = HessianType.FULL
-
-    def __init__(self, *, training_data, initial_model, hessian_type=None, penalty=0.0, delta=0.8):
-        if not (np.isfinite(delta) and 0.0 <= delta <= 1.0):
-            raise ValueError(f"delta (the forgetting factor) must be in [0, 1], got {delta}.")
-        self.param_delta = float(delta)
-        super().__init__(
-            training_data=training_data, initial_model=initial_model, hessian_type=hessian_type, penalty=penalty
-        )
-
-    def _prior_parameters(self, initial_model, d):
-        p_diag, p_full = model_precision(initial_model, d, self.param_reg)
-        return (1.0 - self.param_delta) * self.param_reg, self.param_delta, p_diag, p_full
+    family = LOGISTIC

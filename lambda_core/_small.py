@@ -1,13 +1,13 @@
 """Damped Newton in plain Python for tiny sparse problems: one entity's mini-batch in the Beam job.
 
 A per-entity mini-batch is often a couple of examples over a handful of coefficients. There every
-numpy call (~1 us each, dozens per Newton step) and the trainer's bookkeeping cost far more than the
-arithmetic, which is a few hundred floating-point operations. ``newton_small`` runs the same
-iteration as ``NewtonTrainer._solve`` on a diagonal prior -- same start, same Newton step (solved
-with the same damping fallback), same Armijo backtracking, same stopping rules and failure cases --
-on lists of floats and sparse rows. With fewer examples than coefficients it solves each Newton
-system in the n x n space of the examples (Woodbury) when that is accurate. Results agree with the
-general trainer up to floating-point rounding, which the tests check to 1e-12 on random problems.
+numpy call (~1 us each, dozens per Newton step) and the solver's bookkeeping cost far more than the
+arithmetic, which is a few hundred floating-point operations. ``newton_small`` runs the iteration of
+``NewtonSolver.solve`` (``_newton.py``) on a diagonal prior -- same start, same inner solves (Cholesky
+with the same damping fallback; the low-rank Woodbury step under the same accuracy rule), same Armijo
+backtracking, same stopping rules and failure cases -- on lists of floats and sparse rows, with the
+loss family's ``terms_small`` (the plain-Python form of its ``terms``). Results agree with the
+general solver up to floating-point rounding, which the tests check to 1e-12 on random problems.
 
 Only the active columns (those with a non-zero in the data) are passed in; the caller solves the
 others in closed form, as the general trainer does.
@@ -16,15 +16,10 @@ others in closed form, as the general trainer does.
 import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
-from ._trainer import _ARMIJO, _MAX_HALVINGS, CONVERGED, FAILED, ITERATION_LIMIT, line_search_exhausted
+from ._loss import LossFamily
+from ._newton import _ARMIJO, _LOW_RANK_MAX_RATIO, _MAX_HALVINGS, CONVERGED, FAILED, ITERATION_LIMIT, line_search_exhausted
 
-_exp, _log1p, _sqrt, _isfinite = math.exp, math.log1p, math.sqrt, math.isfinite
-_LOG2 = math.log(2.0)
-# math.exp raises OverflowError above ~709.78 where C returns inf. Below -709 the sigmoid is under
-# 1e-307 and is taken as 0 (C's 1/(1+exp(-z)) reaches 0 a little further out).
-_EXP_MAX = 709.0
-# The low-rank Newton step keeps ~16 - log10(ratio) digits: 1e4 leaves ~12, as the tests require.
-_LOW_RANK_MAX_RATIO = 1e4
+_sqrt, _isfinite = math.sqrt, math.isfinite
 
 # One example's non-zero entries as (column, value) pairs.
 Row = Sequence[Tuple[int, float]]
@@ -32,7 +27,8 @@ Row = Sequence[Tuple[int, float]]
 
 class SmallSolution(NamedTuple):
     """What ``newton_small`` found: coefficients of the active columns, the objective and its data part,
-    the per-example second derivatives at the solution (for the Hessian), and the solver's bookkeeping."""
+    the per-example second derivatives at the solution (for the Hessian), the solver's bookkeeping,
+    and the gradient at the solution."""
 
     theta: List[float]
     loss: float
@@ -42,43 +38,7 @@ class SmallSolution(NamedTuple):
     nit: int
     funcalls: int
     task: str
-
-
-def logistic_terms(margins: Sequence[float], neg_y: Sequence[float], w: Sequence[float]):
-    """Weighted logistic loss, first and second derivatives per example (as ``LogisticLoss._data_terms``).
-
-    ``expit`` and ``logaddexp(0, z)`` are written as scipy and numpy compute them, so each term is the
-    same float as the vectorised one.
-    """
-    total = 0.0
-    d1, d2 = [], []
-    for m, ny, wi in zip(margins, neg_y, w):
-        z = m * ny
-        if z > 0.0:
-            loss = z + _log1p(_exp(-z))
-        elif z < 0.0:
-            loss = _log1p(_exp(z))
-        elif z == 0.0:
-            loss = _LOG2
-        else:  # NaN stays NaN, as in numpy
-            loss = z
-        s = 1.0 / (1.0 + _exp(-z)) if z > -_EXP_MAX else (z if z != z else 0.0)
-        total += wi * loss
-        ws = wi * s
-        d1.append(ny * ws)
-        d2.append(ws - ws * s)
-    return total, d1, d2
-
-
-def square_terms(margins: Sequence[float], y: Sequence[float], w: Sequence[float]):
-    """Weighted square loss, first and second derivatives per example (as ``SquareLoss._data_terms``)."""
-    total = 0.0
-    d1 = []
-    for m, yi, wi in zip(margins, y, w):
-        wr = wi * (m - yi)
-        total += wr * (m - yi)
-        d1.append(wr)
-    return 0.5 * total, d1, list(w)
+    grad: List[float] = []
 
 
 def cholesky_solve(H: List[List[float]], b: Sequence[float]) -> Optional[List[float]]:
@@ -230,36 +190,50 @@ def low_rank_direction(rows: Sequence[Row], gram: List[List[float]], d2: Sequenc
 
 
 def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], offsets: Sequence[float],
-                 center: Sequence[float], precision: Sequence[float], ridge: float, scale: float, logistic: bool,
+                 center: Sequence[float], precision: Sequence[float], ridge: Sequence[float], scale: float,
+                 family: LossFamily, anchor: Optional[Sequence[float]] = None,
                  max_iterations: int = 100, tolerance: float = 1e-12) -> SmallSolution:
-    """Minimise ``sum_i w_i loss(y_i, x_i.t + o_i) + ridge/2 |t|^2 + scale/2 (t-center)' diag(precision) (t-center)``.
+    """Minimise ``sum_i w_i l(y_i, x_i.t + o_i) + 1/2 sum_j ridge_j (t_j - anchor_j)^2
+    + scale/2 (t-center)' diag(precision) (t-center)`` (``QuadraticPrior`` on lists; anchor None is 0).
 
     ``rows`` are the examples as lists of ``(column, value)`` pairs over the active columns ``0..k-1``
-    (intercept included, zero values left out). For the logistic loss ``y`` holds ``-label`` with labels in
-    {-1, +1}; for the square loss the raw labels. Iteration, line search and stopping rules are those
-    of ``NewtonTrainer._solve``; on failure ``theta`` is ``center`` and ``warnflag`` is ``FAILED``.
+    (intercept included, zero values left out); ``y`` the family's labels (``family.small_labels``).
+    Iteration, line search and stopping rules are those of ``NewtonSolver.solve``; on failure
+    ``theta`` is ``center`` and ``warnflag`` is ``FAILED``.
     """
     k, n = len(center), len(rows)
-    terms = logistic_terms if logistic else square_terms
-    r_diag = [ridge + scale * p for p in precision]
+    terms = family.terms_small
+    r_diag = [r + scale * p for r, p in zip(ridge, precision)]
     # Fewer examples than columns (the usual mini-batch): solve Newton systems in the n x n space.
     # That step is a difference of two terms each up to H_cc / r_c times larger than itself, so it
     # loses about log10 of that ratio in digits: only use it while the data's curvature on every
-    # column stays within _LOW_RANK_MAX_RATIO of the prior's (second derivatives are at most w/4 for
-    # the logistic loss, w for the square loss). Otherwise the k x k Cholesky path, backward stable
-    # like the trainers' LAPACK solve.
+    # column stays within _LOW_RANK_MAX_RATIO of the prior's (the same rule as
+    # ``_newton.low_rank_is_accurate``: with the family's curvature bound when it has one, else at
+    # each step with the actual curvature). Otherwise the k x k Cholesky path, backward stable
+    # like the general solver's LAPACK solve.
+    positive_prior = all(r > 0.0 for r in r_diag)
     gram = None
-    if n < k and all(r > 0.0 for r in r_diag):
-        bound = [0.0] * k
-        factor = 0.25 if logistic else 1.0
-        for row, wi in zip(rows, w):
-            for c, v in row:
-                bound[c] += wi * (v * v)
-        if all(factor * b <= _LOW_RANK_MAX_RATIO * r for b, r in zip(bound, r_diag)):
+    bound = family.curvature_bound
+    squares: Optional[List[List[Tuple[int, float]]]] = None
+    if n < k and positive_prior:
+        if bound is None:
+            squares = [[(c, v * v) for c, v in row] for row in rows]
             gram = _low_rank_gram(rows, r_diag)
+        else:
+            total = [0.0] * k
+            for row, wi in zip(rows, w):
+                for c, v in row:
+                    total[c] += wi * (v * v)
+            if all(bound * b <= _LOW_RANK_MAX_RATIO * r for b, r in zip(total, r_diag)):
+                gram = _low_rank_gram(rows, r_diag)
     data_rows = list(zip(rows, offsets))
-    # The prior's gradient ridge*t + scale*p*(t - c) as r*t - scale*p*c, the constants hoisted.
-    prior_cols = [(ci, pi, ri, scale * pi * ci) for ci, pi, ri in zip(center, precision, r_diag)]
+    # The prior's gradient r_j (t_j - a_j) + scale p_j (t_j - c_j) as (r_j + scale p_j) t_j - b_j.
+    if anchor is None:
+        prior_cols = [(ci, pi, ri, scale * pi * ci, 0.0, rj)
+                      for ci, pi, ri, rj in zip(center, precision, r_diag, ridge)]
+    else:
+        prior_cols = [(ci, pi, ri, scale * pi * ci + rj * aj, aj, rj)
+                      for ci, pi, ri, rj, aj in zip(center, precision, r_diag, ridge, anchor)]
 
     def evaluate(t):
         margins = []
@@ -269,18 +243,28 @@ def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], of
                 m += v * t[c]
             margins.append(m + o)
         data_f, d1, d2 = terms(margins, y, w)
-        tt = dp = 0.0
+        rr = dp = 0.0
         g = []
-        for ti, (ci, pi, ri, bi) in zip(t, prior_cols):
+        for ti, (ci, pi, ri, bi, ai, rj) in zip(t, prior_cols):
             dev = ti - ci
-            tt += ti * ti
+            adev = ti - ai
+            rr += rj * (adev * adev)
             dp += dev * (pi * dev)
             g.append(ri * ti - bi)
-        f = data_f + 0.5 * ridge * tt + 0.5 * scale * dp
+        f = data_f + 0.5 * rr + 0.5 * scale * dp
         for row, di in zip(rows, d1):
             for c, v in row:
                 g[c] += v * di
         return f, data_f, d2, g
+
+    def low_rank_ok(d2):
+        if squares is None:
+            return True
+        total = [0.0] * k
+        for row, di in zip(squares, d2):
+            for c, v in row:
+                total[c] += di * v
+        return all(b <= _LOW_RANK_MAX_RATIO * r for b, r in zip(total, r_diag))
 
     theta = list(center)
     nit = 0
@@ -293,7 +277,14 @@ def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], of
             break
         if nit >= max_iterations:
             break
-        found = low_rank_direction(rows, gram, d2, r_diag, g) if gram is not None else None
+        if positive_prior:  # NewtonSolver.converged_by_bound: the decrement is at most g' R^-1 g
+            most = 0.0
+            for gi, ri in zip(g, r_diag):
+                most += gi * (gi / ri)
+            if most <= tolerance * max(1.0, abs(f)):
+                warnflag, task = CONVERGED, "CONVERGENCE: NEWTON DECREMENT BELOW TOLERANCE"
+                break
+        found = low_rank_direction(rows, gram, d2, r_diag, g) if gram is not None and low_rank_ok(d2) else None
         if found is not None:
             step, decrement = found
         else:
@@ -336,5 +327,5 @@ def newton_small(rows: Sequence[Row], y: Sequence[float], w: Sequence[float], of
         theta = trial
         f, data_f, d2, g = evaluated
     if warnflag == FAILED:
-        return SmallSolution(list(center), math.inf, math.inf, d2, FAILED, nit, funcalls, task)
-    return SmallSolution(theta, f, data_f, d2, warnflag, nit, funcalls, task)
+        return SmallSolution(list(center), math.inf, math.inf, d2, FAILED, nit, funcalls, task, g)
+    return SmallSolution(theta, f, data_f, d2, warnflag, nit, funcalls, task, g)

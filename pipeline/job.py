@@ -21,7 +21,7 @@ from transforms.paths import data_files
 from transforms.random_effects import NAMESPACE, UpdateRandomEffects
 from transforms.validation import ProgressiveValidationFn
 
-from .options import LambdaLearnerOptions, UsageError
+from .options import LambdaLearnerOptions, UsageError, update_config
 
 VALIDATION_FILE = "progressive-validation.json"
 SUMMARY_FILE = "summary.json"
@@ -84,11 +84,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
             o.initial_models, o.initial_models_format or o.input_format)
 
     out = records | "UpdateRandomEffects" >> UpdateRandomEffects(
-        o.entity_field, o.timestamp_field, trainer=o.trainer, penalty=o.penalty,
-        forgetting_factor=o.forgetting_factor, hessian=o.hessian, minibatch_seconds=o.minibatch_seconds,
-        max_minibatch_size=o.max_minibatch_size, initial_models=initial, coordinate=coordinate,
-        max_features=o.max_features, max_model_coefficients=o.max_model_coefficients,
-        dedup_horizon_seconds=o.dedup_horizon_seconds, streaming=streaming)
+        o.entity_field, o.timestamp_field, config=update_config(o), initial_models=initial,
+        max_features=o.max_features, max_model_coefficients=o.max_model_coefficients, streaming=streaming)
 
     paths = {
         "updates": FileSystems.join(o.output, "updates"),

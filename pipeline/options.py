@@ -5,7 +5,8 @@ from typing import List
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms.update import HESSIANS, TRAINERS, UpdateConfig
+from lambda_core import FORGETTING_TARGETS, TRAINERS
+from transforms.update import FORGETTING_CLOCKS, HESSIANS, UpdateConfig
 
 
 class UsageError(Exception):
@@ -34,13 +35,28 @@ class LambdaLearnerOptions(PipelineOptions):
             help="override the model files' extensions (default: --input-format, else by extension)")
         add("--entity-field", dest="entity_field", help="field (or metadataMap key) holding the entity id")
         add("--timestamp-field", dest="timestamp_field", help="field (or metadataMap key) with event time, epoch ms")
-        add("--trainer", dest="trainer", default="sequential_bayesian_logistic", help=f"one of {', '.join(TRAINERS)}")
-        add("--penalty", dest="penalty", type=float, default=10.0, help="L2 penalty (prior precision) lambda")
-        add("--forgetting-factor", dest="forgetting_factor", type=float, default=0.8, help="delta in [0, 1]")
-        add("--hessian", dest="hessian", default="diagonal", help=f"one of {', '.join(HESSIANS)}")
-        add("--minibatch-seconds", dest="minibatch_seconds", type=float, default=60.0)
-        add("--max-minibatch-size", dest="max_minibatch_size", type=int, default=10000)
-        add("--dedup-horizon-seconds", dest="dedup_horizon_seconds", type=float, default=3600.0,
+        add("--trainer", dest="trainer", default=UpdateConfig.trainer,
+            help=f"one of {', '.join(TRAINERS)} (all incremental)")
+        add("--penalty", dest="penalty", type=float, default=UpdateConfig.penalty,
+            help="L2 penalty lambda: the prior precision of a coefficient nothing is known about")
+        add("--forgetting-factor", dest="forgetting_factor", type=float, default=None,
+            help="delta in [0, 1]: the weight the past keeps per --minibatch-seconds of event time; 1: no "
+                 "forgetting at all (default: the half-life below)")
+        add("--forgetting-half-life-seconds", dest="forgetting_half_life_seconds", type=float, default=None,
+            help="instead of --forgetting-factor: the past's weight halves every this many seconds of event time "
+                 f"(default {UpdateConfig.forgetting_half_life_seconds:g})")
+        add("--forgetting-clock", dest="forgetting_clock", default=UpdateConfig.forgetting_clock,
+            choices=FORGETTING_CLOCKS,
+            help="event-time: forget by elapsed event time; update: by delta once per update (lambda-learner)")
+        add("--forgetting-target", dest="forgetting_target", default=UpdateConfig.forgetting_target,
+            choices=FORGETTING_TARGETS,
+            help="where forgetting pulls: zero (mean 0, precision lambda), initial (the entity's initial model) "
+                 "or variance (keep the mean, relax the precision)")
+        add("--hessian", dest="hessian", default=UpdateConfig.hessian, help=f"one of {', '.join(HESSIANS)}")
+        add("--minibatch-seconds", dest="minibatch_seconds", type=float, default=UpdateConfig.minibatch_seconds)
+        add("--max-minibatch-size", dest="max_minibatch_size", type=int, default=UpdateConfig.max_minibatch_size)
+        add("--dedup-horizon-seconds", dest="dedup_horizon_seconds", type=float,
+            default=UpdateConfig.dedup_horizon_seconds,
             help="an example whose uid its entity trained on within this much event time is a duplicate "
                  "(dead letter, not trained again); 0: off")
         add("--coordinate", dest="coordinate", help="random-effect coordinate name (default: the entity field)")
@@ -94,10 +110,19 @@ def parse_options(argv: List[str]) -> PipelineOptions:
 
 
 def update_config(o: LambdaLearnerOptions) -> UpdateConfig:
-    """The per-entity update the flags ask for (``ValueError`` naming the field when invalid)."""
+    """The per-entity update the flags ask for (``ValueError`` naming the field when invalid).
+
+    Without ``--forgetting-factor`` the half-life (``--forgetting-half-life-seconds``, else
+    ``UpdateConfig``'s default) sets the forgetting; with it, the factor does (1: none).
+    """
+    half_life = UpdateConfig.forgetting_half_life_seconds
+    if o.forgetting_half_life_seconds is not None:
+        half_life = o.forgetting_half_life_seconds
     return UpdateConfig(trainer=o.trainer, penalty=o.penalty, forgetting_factor=o.forgetting_factor, hessian=o.hessian,
                         minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
-                        coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds)
+                        coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds,
+                        forgetting_half_life_seconds=half_life, forgetting_clock=o.forgetting_clock,
+                        forgetting_target=o.forgetting_target)
 
 
 def validate(options: PipelineOptions) -> None:
@@ -111,6 +136,8 @@ def validate(options: PipelineOptions) -> None:
                         ("--timestamp-field", o.timestamp_field)):
         if not value:
             raise UsageError(f"{flag} is required.")
+    if o.forgetting_factor is not None and o.forgetting_half_life_seconds is not None:
+        raise UsageError("give --forgetting-factor or --forgetting-half-life-seconds, not both.")
     try:
         update_config(o)
     except ValueError as err:
@@ -130,3 +157,4 @@ def validate(options: PipelineOptions) -> None:
         raise UsageError("--input-subscription messages are JSON examples; --input-format avro does not apply.")
     if (o.watch or o.input_subscription) and not options.view_as(StandardOptions).streaming:
         options.view_as(StandardOptions).streaming = True
+

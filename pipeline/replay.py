@@ -160,7 +160,7 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
                     state.add_model(parsed)
     entities_with_initial_models = len(state.models)
 
-    parser = ExampleParser(o.entity_field, o.timestamp_field, binary_labels=config.binary_labels,
+    parser = ExampleParser(o.entity_field, o.timestamp_field, label_rule=config.label_rule,
                            max_features=o.max_features)
     for path in data_files(o.input, bool(o.input_format)):
         for record in read_path_records(path, o.input_format):

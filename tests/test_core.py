@@ -13,6 +13,7 @@ from lambda_core import (
     IndexMap,
     TrainerLogisticLossWithL2,
     TrainerSequentialBayesianLogisticLossWithL2,
+    TrainerSequentialBayesianPoissonLossWithL2,
     TrainerSquareLossWithL2,
     TrainingRecord,
     evaluate,
@@ -318,17 +319,25 @@ def test_weights_count_in_loss_gradient_and_hessian():
 
 @pytest.mark.parametrize("n, d, trainer_cls", [
     (1, 1001, TrainerSequentialBayesianLogisticLossWithL2), (5, 600, TrainerSequentialBayesianLogisticLossWithL2),
-    (60, 300, TrainerLogisticLossWithL2), (40, 400, TrainerSquareLossWithL2)])
-def test_wide_dense_problems_take_cg_steps_and_reach_the_exact_newton_optimum(n, d, trainer_cls, monkeypatch):
-    """Few examples over many dense columns: Newton-CG (no d x d factorisation) gives the optimum
-    of exact Newton steps."""
+    (60, 300, TrainerLogisticLossWithL2), (40, 400, TrainerSquareLossWithL2),
+    (30, 300, TrainerSequentialBayesianPoissonLossWithL2)])
+def test_wide_dense_problems_never_factorise_and_every_inner_solve_reaches_the_same_optimum(n, d, trainer_cls,
+                                                                                              monkeypatch):
+    """Few examples over many dense columns: the rule picks the low-rank (Woodbury) or the CG step, never
+    the d x d factorisation, and Cholesky, Woodbury and CG steps all give the same optimum."""
     rng = np.random.default_rng(d)
     X = rng.normal(size=(n, d))
-    labels = rng.integers(0, 2, size=n).astype(float) if trainer_cls is not TrainerSquareLossWithL2 else rng.normal(size=n)
+    if trainer_cls is TrainerSquareLossWithL2:
+        labels = rng.normal(size=n)
+    elif trainer_cls is TrainerSequentialBayesianPoissonLossWithL2:
+        X *= 0.1
+        labels = rng.poisson(2.0, size=n).astype(float)
+    else:
+        labels = rng.integers(0, 2, size=n).astype(float)
     data = IndexedDataset(X, labels, rng.uniform(0.5, 2.0, size=n), rng.normal(scale=0.5, size=n))
     kwargs = dict(penalty=3.0)
-    if trainer_cls is TrainerSequentialBayesianLogisticLossWithL2:
-        prior = IndexedModel(rng.normal(scale=0.3, size=d), sparse.diags(rng.uniform(1, 20, size=d)).tocsc())
+    if issubclass(trainer_cls, lambda_core._trainer.SequentialBayesianTrainer):
+        prior = IndexedModel(rng.normal(scale=0.3, size=d) * 0.1, sparse.diags(rng.uniform(1, 20, size=d)).tocsc())
         kwargs.update(initial_model=prior, delta=0.8)
     else:
         kwargs.update(initial_model=IndexedModel(np.zeros(d)))
@@ -336,16 +345,29 @@ def test_wide_dense_problems_take_cg_steps_and_reach_the_exact_newton_optimum(n,
     def train():
         return trainer_cls(training_data=data, hessian_type=HessianType.DIAGONAL, **kwargs).train()
 
-    def no_factorisation(*_):
-        raise AssertionError("a wide problem factorised its d x d Hessian")
+    chosen_model, chosen_loss, chosen_meta = train()
+    assert chosen_meta["warnflag"] == 0
+    assert "cholesky" not in chosen_meta["inner_solves"] and chosen_meta["inner_solves"]
+    for inner in (lambda_core._newton.CHOLESKY, lambda_core._newton.WOODBURY, lambda_core._newton.CG):
+        with monkeypatch.context() as patched:
+            patched.setattr(lambda_core._newton, "choose_inner_solve", lambda *_, inner=inner: inner)
+            model, loss, meta = train()
+        assert meta["warnflag"] == 0 and set(meta["inner_solves"]) == {inner.name}
+        assert loss == pytest.approx(chosen_loss, rel=1e-12)
+        # all stop on the Newton decrement (loss optimal to ~1e-12): theta agrees to ~1e-8 here
+        assert np.allclose(model.theta, chosen_model.theta, rtol=1e-6, atol=1e-6)
+        assert np.allclose(model.hessian_diagonal(), chosen_model.hessian_diagonal(), rtol=1e-7)
 
-    with monkeypatch.context() as patched:
-        patched.setattr(lambda_core._trainer, "_newton_direction", no_factorisation)
-        cg_model, cg_loss, cg_meta = train()
-    monkeypatch.setattr(lambda_core._trainer, "_WIDE_MIN_COLUMNS", 10**9)  # exact dense Newton steps
-    exact_model, exact_loss, exact_meta = train()
-    assert cg_meta["warnflag"] == exact_meta["warnflag"] == 0
-    assert cg_loss == pytest.approx(exact_loss, rel=1e-12)
-    # both stop on the Newton decrement (loss optimal to ~1e-12): theta agrees to ~1e-8 here
-    assert np.allclose(cg_model.theta, exact_model.theta, rtol=1e-6, atol=1e-6)
-    assert np.allclose(cg_model.hessian_diagonal(), exact_model.hessian_diagonal(), rtol=1e-7)
+
+def test_sparse_products_without_scipys_dispatch_equal_the_public_product(monkeypatch):
+    rng = np.random.default_rng(12)
+    X = sparse.random(300, 400, density=0.03, format="csr", random_state=3)
+    X.data = rng.normal(size=X.nnz)
+    design = lambda_core._newton.DesignMatrix(X, None)
+    assert not design.dense
+    v, r = rng.normal(size=400), rng.normal(size=300)
+    np.testing.assert_allclose(design.dot(v), X @ v, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(design.rdot(r), X.T @ r, rtol=1e-13, atol=1e-13)
+    monkeypatch.setattr(lambda_core._newton, "_csr_matvec", None)  # a scipy without the private kernel
+    np.testing.assert_array_equal(design.dot(v), X @ v)
+    np.testing.assert_array_equal(design.rdot(r), X.T @ r)

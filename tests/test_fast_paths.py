@@ -6,8 +6,13 @@ import fastavro
 import numpy as np
 import pytest
 
+import lambda_core._newton
+
 from lambda_core import (
+    FORGETTING_TARGETS,
     INTERCEPT,
+    LOGISTIC,
+    TRAINERS,
     HessianType,
     IndexedDataset,
     IndexedModel,
@@ -97,16 +102,24 @@ def test_avro_string_cache_stays_bounded_and_correct(monkeypatch):
 # --------------------------------------------------------------------------------------------------
 # The small-problem training path against the general one (lambda_core's trainer classes)
 
-TRAINER_NAMES = ("sequential_bayesian_logistic", "logistic", "linear")
+TRAINER_NAMES = tuple(TRAINERS)
 HESSIAN_NAMES = ("full", "diagonal", "identity", "none")
 
 
-def _random_examples(rng, n, features, logistic, scale=1.0, zero_rate=0.1):
+def _random_label(rng, trainer):
+    if trainer.endswith("logistic"):
+        return float(rng.choice([0.0, 1.0, -1.0]))
+    if trainer.endswith("poisson"):
+        return float(rng.poisson(1.5))
+    return float(rng.normal() * 2)
+
+
+def _random_examples(rng, n, features, trainer, scale=1.0, zero_rate=0.1):
     examples = []
     for i in range(n):
         chosen = rng.choice(features, size=min(features, int(rng.integers(0, 4))), replace=False)
         values = [0.0 if rng.random() < zero_rate else float(rng.normal() * scale) for _ in chosen]
-        label = float(rng.choice([0.0, 1.0, -1.0])) if logistic else float(rng.normal() * 2)
+        label = _random_label(rng, trainer)
         examples.append(Example("e", 0, f"u{i}", label, float(rng.choice([1.0, 0.0, 2.5, 0.3])),
                                 float(rng.normal()), tuple(("f", str(int(c)), v) for c, v in zip(chosen, values))))
     return examples
@@ -146,21 +159,23 @@ def _assert_same_result(small, general, tol=1e-12):
 @pytest.mark.parametrize("conditioning", ["good", "poor"])
 def test_small_path_equals_general_path_over_sequences_of_updates(trainer, hessian, conditioning):
     rng = np.random.default_rng(sum(map(ord, trainer + hessian + conditioning)))
-    logistic = trainer != "linear"
     if conditioning == "good":
         penalties, scales, tol = [1.0, 10.0, 300.0], [1e-3, 0.3, 1.0, 3.0], 1e-12
     else:
         # Curvature up to ~1e6 times the prior's: two backward-stable solvers agree to ~eps * 1e6.
         penalties, scales, tol = [0.01, 0.1], [10.0, 30.0], 1e-9
+    if trainer.endswith("poisson"):
+        scales = [s for s in scales if s <= 1.0] or [1.0]  # exp(margin) of huge features overflows
     compared = 0
     for trial in range(60):
         cfg = UpdateConfig(trainer=trainer, hessian=hessian, penalty=float(rng.choice(penalties)),
-                           forgetting_factor=float(rng.choice([0.0, 0.3, 0.8, 1.0])))
+                           forgetting_factor=float(rng.choice([0.0, 0.3, 0.8, 1.0])),
+                           forgetting_target=str(rng.choice(FORGETTING_TARGETS)))
         scale = float(rng.choice(scales))
         model = None
         features = int(rng.integers(1, 15))  # new features keep appearing over the updates
         for step in range(5):
-            examples = _random_examples(rng, int(rng.integers(1, 9)), features, logistic, scale)
+            examples = _random_examples(rng, int(rng.integers(1, 9)), features, trainer, scale)
             general = train_minibatch_general(model, "e", examples, 60_000 * (step + 1), cfg)
             small = train_minibatch_small(model or cold_model("e", cfg.penalty), "e", examples,
                                           60_000 * (step + 1), cfg)
@@ -223,8 +238,10 @@ def test_small_path_declines_what_it_does_not_cover():
         train_minibatch(None, "e", bad, 60_000, UpdateConfig())
 
 
-def test_newton_small_takes_the_trainers_steps():
-    # One Newton step, and the full solve, from the same start: the same iterate as the trainer.
+def test_newton_small_takes_the_trainers_steps(monkeypatch):
+    # One Newton step, and the full solve, from the same start: the same iterate as the trainer's
+    # numpy iteration (which would hand these tiny problems to newton_small itself).
+    monkeypatch.setattr(lambda_core._newton, "SMALL_MAX_ENTRIES", 0)
     rng = np.random.default_rng(5)
     for trial in range(40):
         n, k = int(rng.integers(1, 8)), int(rng.integers(2, 9))
@@ -243,7 +260,8 @@ def test_newton_small_takes_the_trainers_steps():
                 hessian_type=HessianType.DIAGONAL)
             model, loss, meta = trainer.train(max_iterations=iterations)
             got = newton_small(rows, (-(2 * y - 1)).tolist(), w.tolist(), offsets.tolist(), theta0.tolist(),
-                               precision.tolist(), 0.3 * 3.0, 0.7, True, max_iterations=iterations)
+                               precision.tolist(), [0.3 * 3.0] * len(theta0), 0.7, LOGISTIC,
+                               max_iterations=iterations)
             assert (got.warnflag, got.nit, got.funcalls) == (meta["warnflag"], meta["nit"], meta["funcalls"])
             _close(got.theta, model.theta, "theta", 1e-11)
             _close(got.loss, loss, "loss")
@@ -301,3 +319,36 @@ def test_state_strings_and_varints_keep_their_bytes_around_the_one_byte_boundary
     for cut in (1, 2, len(blob) // 2, len(blob) - 1):
         with pytest.raises(state.StateDecodeError):
             state.decode_model(blob[:cut])
+
+
+@pytest.mark.parametrize("trainer", TRAINER_NAMES)
+@pytest.mark.parametrize("hessian", [HessianType.FULL, HessianType.DIAGONAL, HessianType.NONE])
+def test_trainer_classes_hand_tiny_problems_to_the_plain_python_solver_with_the_same_result(trainer, hessian,
+                                                                                           monkeypatch):
+    rng = np.random.default_rng(len(trainer) + hessian.value)
+    cls = TRAINERS[trainer].trainer_class
+    for trial in range(30):
+        n, d = int(rng.integers(1, 9)), int(rng.integers(2, 10))
+        X = rng.normal(size=(n, d)) * (rng.random(size=(n, d)) < 0.6)
+        X[:, 0] = 1.0
+        y = np.array([_random_label(rng, trainer) for _ in range(n)])
+        data = IndexedDataset(X, y, rng.uniform(0.0, 2.0, n), rng.normal(size=n))
+        prior = IndexedModel(rng.normal(size=d) * 0.3, rng.uniform(0.5, 20.0, d))
+        kwargs = dict(training_data=data, initial_model=prior, penalty=float(rng.choice([0.5, 3.0])),
+                      delta=float(rng.choice([0.0, 0.6, 1.0])), hessian_type=hessian,
+                      forgetting_target=str(rng.choice(FORGETTING_TARGETS)))
+        model, loss, meta = cls(**kwargs).train()
+        assert set(meta["inner_solves"]) <= {"plain-python"}
+        with monkeypatch.context() as patched:
+            patched.setattr(lambda_core._newton, "SMALL_MAX_ENTRIES", 0)
+            ref_model, ref_loss, ref_meta = cls(**kwargs).train()
+        assert "plain-python" not in ref_meta["inner_solves"]
+        assert (meta["warnflag"], meta["nit"], meta["funcalls"]) == (ref_meta["warnflag"], ref_meta["nit"],
+                                                                      ref_meta["funcalls"])
+        _close(model.theta, ref_model.theta, "theta", 1e-11)
+        _close(loss, ref_loss, "loss")
+        _close(meta["grad"], ref_meta["grad"], "grad", 1e-9)
+        if hessian is HessianType.NONE:
+            assert model.hessian is None and ref_model.hessian is None
+        else:
+            _close(model.hessian.toarray(), ref_model.hessian.toarray(), "hessian")

@@ -570,16 +570,16 @@ def test_late_example_is_trained_in_a_later_update_and_counted(per_bundle_metric
 # 6. progressive validation: random effects beat the offset alone
 
 
-def test_progressive_validation_random_effects_beat_offset_only():
+@pytest.mark.parametrize("defaults", [False, True], ids=["forgetting-0.8", "job-defaults"])
+def test_progressive_validation_random_effects_beat_offset_only(defaults):
     stream = ClickStream(StreamConfig(num_users=70, hours=1.5, seed=7))
     records = list(stream.examples())
     initial = list(stream.initial_models())
-    cfg = config(minibatch_seconds=300)
+    cfg = UpdateConfig(minibatch_seconds=300, coordinate="userId") if defaults else config(minibatch_seconds=300)
 
     p = TestPipeline(options=PipelineOptions(streaming=False), blocking=True)
     out = (p | "Examples" >> beam.Create(records)) | UpdateRandomEffects(
-        "userId", "timestamp", initial_models=p | "Models" >> beam.Create(initial), streaming=False,
-        **transform_kwargs(cfg))
+        "userId", "timestamp", initial_models=p | "Models" >> beam.Create(initial), streaming=False, config=cfg)
     report = out.validation | beam.CombineGlobally(ProgressiveValidationFn())
 
     def improves(actual):

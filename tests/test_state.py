@@ -15,6 +15,7 @@ from transforms.state import (
     EXAMPLE_VERSION,
     MODEL_STATE_VERSION,
     READABLE_MODEL_STATE_VERSIONS,
+    REFERENCE_STATE_VERSION,
     EntityState,
     EntityStateCoder,
     StateDecodeError,
@@ -47,6 +48,11 @@ GOLDEN_V2_WITH_UIDS = bytes.fromhex(
 GOLDEN_V2_FULL_NO_UIDS = bytes.fromhex(
     "0202753201e0d4030209696e7465726365707409696e7465726365707401660131000000000000f03f0000000000000040"
     "020000000000001040000000000000e03f000000000000e03f000000000000144000")
+# Version 3 (version 2 + the forgetting reference of --forgetting-target initial).
+GOLDEN_V3_WITH_REFERENCE = bytes.fromhex(
+    "0302753402c0e1c4c2ab330309696e7465726365707409696e746572636570740166013101670132000000000000e83f"
+    "000000000000e0bf000000000000c03f0100000000000018400000000000002240000000000000244001c0e1c4c2ab3301"
+    "05696d702d3902000000000000e03f000000000000d0bf00000000000010400000000000002040")
 # Example encoding version 1 (buffered examples), and a buffer entry (mini-batch end + example).
 GOLDEN_EXAMPLE_V1 = bytes.fromhex(
     "017b5c4fb89a01000006757365722d3701057569642d31000000000000f03f0000000000000040000000000000e0bf0200"
@@ -67,6 +73,9 @@ MODEL_1 = RandomEffectModel("user-7", (INTERCEPT, ("ad", "é")), np.array([0.25,
 MODEL_2 = RandomEffectModel("u2", (INTERCEPT, ("f", "1")), np.array([1.0, 2.0]), np.array([4.0, 5.0]), 1, 60_000,
                             np.array([[4.0, 0.5], [0.5, 5.0]]))
 MODEL_3 = RandomEffectModel("u3", (INTERCEPT,), np.array([0.5]), None, 0, 0)
+MODEL_4 = RandomEffectModel("u4", (INTERCEPT, ("f", "1"), ("g", "2")), np.array([0.75, -0.5, 0.125]),
+                            np.array([6.0, 9.0, 10.0]), 2, T0 + 120_000, None,
+                            (np.array([0.5, -0.25]), np.array([4.0, 8.0])))
 EXAMPLE = Example("user-7", T0 + 123, "uid-1", 1.0, 2.0, -0.5, (("ad", "é", 0.75), ("q", "x", -1.0)))
 UIDS = (("imp-0", T0), ("imp-1", T0 + 60_000), ("imp-2", T0 + 60_000))
 
@@ -75,7 +84,11 @@ def assert_same_model(got: RandomEffectModel, want: RandomEffectModel):
     assert (got.entity_id, got.feature_names, got.version, got.window_end_ms) == \
         (want.entity_id, want.feature_names, want.version, want.window_end_ms)
     assert got.means.tobytes() == want.means.tobytes()
-    for a, b in ((got.precisions, want.precisions), (got.precision_matrix, want.precision_matrix)):
+    assert (got.reference is None) == (want.reference is None)
+    pairs = [(got.precisions, want.precisions), (got.precision_matrix, want.precision_matrix)]
+    if want.reference is not None:
+        pairs += list(zip(got.reference, want.reference))
+    for a, b in pairs:
         assert (a is None) == (b is None)
         if a is not None:
             assert a.tobytes() == b.tobytes()
@@ -93,16 +106,26 @@ def test_version_1_state_still_decodes_with_no_recent_uids(golden, model):
     assert encode_model(state.model)[0] == MODEL_STATE_VERSION
 
 
-def test_version_2_state_decodes_and_is_what_the_encoder_writes_today():
+def test_version_2_state_decodes_and_is_what_the_encoder_writes_today_without_a_reference():
     state = decode_entity_state(GOLDEN_V2_WITH_UIDS)
     assert_same_model(state.model, MODEL_1)
     assert state.recent_uids == UIDS
     assert_same_model(decode_model(GOLDEN_V2_FULL_NO_UIDS), MODEL_2)
     # Today's encoder writes exactly these bytes, whatever order the uids are given in.
-    assert MODEL_STATE_VERSION == 2 and READABLE_MODEL_STATE_VERSIONS == (1, 2)
+    assert MODEL_STATE_VERSION == 2 and READABLE_MODEL_STATE_VERSIONS == (1, 2, 3)
     assert encode_model(MODEL_1, tuple(reversed(UIDS))) == GOLDEN_V2_WITH_UIDS
     assert EntityStateCoder().encode(EntityState(MODEL_1, UIDS)) == GOLDEN_V2_WITH_UIDS
     assert encode_model(MODEL_2) == GOLDEN_V2_FULL_NO_UIDS
+
+
+def test_version_3_state_holds_the_forgetting_reference_and_is_what_the_encoder_writes_today():
+    assert GOLDEN_V3_WITH_REFERENCE[0] == REFERENCE_STATE_VERSION == 3
+    state = decode_entity_state(GOLDEN_V3_WITH_REFERENCE)
+    assert_same_model(state.model, MODEL_4)
+    assert state.recent_uids == (("imp-9", T0 + 120_000),)
+    assert encode_model(MODEL_4, state.recent_uids) == GOLDEN_V3_WITH_REFERENCE
+    # models without a reference decode with None (and so re-encode as version 2)
+    assert decode_model(GOLDEN_V2_WITH_UIDS).reference is None
 
 
 def test_example_and_buffer_encodings_still_decode():
@@ -126,11 +149,11 @@ def test_example_version_2_keeps_the_record_as_read():
     assert decode_buffer_entry(entry) == (T0 + 60_000, EXAMPLE._replace(source=SOURCE))
 
 
-@pytest.mark.parametrize("version", [0, 3, 9, 255])
+@pytest.mark.parametrize("version", [0, 4, 9, 255])
 def test_unknown_model_state_version_fails_with_a_clear_message(version):
     data = bytes([version]) + GOLDEN_V2_WITH_UIDS[1:]
     with pytest.raises(StateDecodeError, match=rf"Model state has encoding version {version}, but this code reads "
-                                               r"version\(s\) 1, 2: run a release of lambda-learner-beam"):
+                                               r"version\(s\) 1, 2, 3: run a release of lambda-learner-beam"):
         decode_entity_state(data)
     with pytest.raises(StateDecodeError):
         EntityStateCoder().decode(data)

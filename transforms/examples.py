@@ -9,7 +9,7 @@ import math
 import re
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
-from lambda_core import INTERCEPT
+from lambda_core import BINARY, INTERCEPT, REAL, LabelRule
 
 from .formats import (AVRO, NOT_JSON, decode_json_line, detect_format, is_blank, iter_avro, line_text,
                       not_json_reason, open_path, to_json)
@@ -102,6 +102,8 @@ class ExampleParser:
         else ``metadataMap[name]``.
     binary_labels:
         Require labels in {0, 1} or {-1, +1} (the logistic trainers); otherwise any finite label.
+    label_rule:
+        The trainer's ``lambda_core.LabelRule`` (its registry entry's); replaces ``binary_labels``.
     max_features:
         Records with more features than this are rejected.
 
@@ -115,10 +117,11 @@ class ExampleParser:
     """
 
     def __init__(self, entity_field: str, timestamp_field: str, binary_labels: bool = True,
-                 max_features: int = DEFAULT_MAX_FEATURES):
+                 max_features: int = DEFAULT_MAX_FEATURES, label_rule: Optional[LabelRule] = None):
         self.entity_field = entity_field
         self.timestamp_field = timestamp_field
-        self.binary_labels = binary_labels
+        self.label_rule = label_rule if label_rule is not None else (BINARY if binary_labels else REAL)
+        self.binary_labels = self.label_rule is BINARY
         self.max_features = max_features
 
     def parse(self, record: Any) -> Union[Example, DeadLetter]:
@@ -158,9 +161,12 @@ class ExampleParser:
         entity_id = _entity_id(_lookup(record, metadata, self.entity_field), self.entity_field)
         timestamp = _timestamp(_lookup(record, metadata, self.timestamp_field), self.timestamp_field)
         label = _number(record.get("label"), "label", required=True)
-        if self.binary_labels and label not in (0.0, 1.0, -1.0):
-            raise _Reject(f"label {_show(record.get('label'))} is not in {{0, 1}} or {{-1, +1}}, "
-                          "as the logistic trainers require.", "label")
+        if not self.label_rule.accepts(label):
+            if self.binary_labels:
+                raise _Reject(f"label {_show(record.get('label'))} is not in {{0, 1}} or {{-1, +1}}, "
+                              "as the logistic trainers require.", "label")
+            raise _Reject(f"label {_show(record.get('label'))} is not a label the trainer accepts (labels must "
+                          f"be {self.label_rule.requirement}).", "label")
         weight = _number(record.get("weight"), "weight", default=1.0)
         if weight < 0:
             raise _Reject(f"weight {_show(record.get('weight'))} is negative.", "weight")

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Se
 
 import numpy as np
 
-from lambda_core import INTERCEPT
+from lambda_core import INTERCEPT, photon_model_class
 
 from .examples import PHOTON_INTERCEPT, DeadLetter
 from apache_beam.io.filesystems import FileSystems
@@ -33,7 +33,9 @@ class RandomEffectModel(NamedTuple):
     ``feature_names`` are (name, term) keys with the intercept first; ``means`` the coefficients;
     ``precisions`` the Hessian diagonal (``1/variance``), or None for a model kept without a Hessian;
     ``precision_matrix`` the full Hessian when the job keeps one (``--hessian=full``); ``version``
-    counts updates; ``window_end_ms`` is the end of the last mini-batch trained (0 if none).
+    counts updates; ``window_end_ms`` is the end of the last mini-batch trained (0 if none);
+    ``reference`` the (means, precisions) of the model the entity entered the job with, over its
+    first coefficients, kept only for ``--forgetting-target initial`` (None otherwise).
     """
 
     entity_id: str
@@ -43,6 +45,7 @@ class RandomEffectModel(NamedTuple):
     version: int = 0
     window_end_ms: int = 0
     precision_matrix: Optional[np.ndarray] = None
+    reference: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
     def variances(self) -> Optional[np.ndarray]:
         """Coefficient variances, ``1/H_ii`` (None without a Hessian)."""
@@ -236,8 +239,8 @@ def load_models(path: str, penalty: float, max_coefficients: int = DEFAULT_MAX_C
 
 
 def model_class(trainer: str) -> str:
-    """Photon's model class name for one of our trainers."""
-    return LINEAR_MODEL_CLASS if trainer == "linear" else LOGISTIC_MODEL_CLASS
+    """Photon's model class name for one of our trainers (from the trainer registry)."""
+    return photon_model_class(trainer)
 
 
 def _ntv_list(names: Sequence[NameTerm], values: Iterable[float]) -> List[dict]:

@@ -251,26 +251,31 @@ class RandomEffectOutputs:
 class UpdateRandomEffects(beam.PTransform):
     """Raw examples (+ optional initial model records) -> model updates, dead letters, validation.
 
-    Parameters mirror the job's flags: ``trainer`` (sequential_bayesian_logistic, logistic, linear),
+    Parameters mirror the job's flags: ``trainer`` (a name in ``lambda_core.TRAINERS``),
     ``penalty``, ``forgetting_factor``, ``hessian`` (full, diagonal, identity, none),
     ``minibatch_seconds``, ``max_minibatch_size``, ``coordinate``, ``dedup_horizon_seconds`` (how
     long, in event time, an entity remembers the uids it trained on; 0: off). ``streaming=False`` lets the
-    flush train every buffered interval at the first timer (batch reads all input first).
+    flush train every buffered interval at the first timer (batch reads all input first). ``config``
+    (an ``UpdateConfig``, e.g. with the forgetting options) replaces those parameters.
     """
 
-    def __init__(self, entity_field: str, timestamp_field: str, trainer: str = "sequential_bayesian_logistic",
-                 penalty: float = 10.0, forgetting_factor: float = 0.8, hessian: str = "diagonal",
-                 minibatch_seconds: float = 60, max_minibatch_size: int = 10000, initial_models=None,
+    def __init__(self, entity_field: str, timestamp_field: str, trainer: str = UpdateConfig.trainer,
+                 penalty: float = UpdateConfig.penalty, forgetting_factor: float = UpdateConfig.forgetting_factor,
+                 hessian: str = UpdateConfig.hessian, minibatch_seconds: float = UpdateConfig.minibatch_seconds,
+                 max_minibatch_size: int = UpdateConfig.max_minibatch_size, initial_models=None,
                  coordinate: Optional[str] = None, max_features: int = 1000, max_model_coefficients: int = 100_000,
-                 dedup_horizon_seconds: float = 3600.0, streaming: bool = True):
+                 dedup_horizon_seconds: float = UpdateConfig.dedup_horizon_seconds, streaming: bool = True,
+                 config: Optional[UpdateConfig] = None):
         super().__init__()
-        self.config = UpdateConfig(trainer=trainer, penalty=penalty, forgetting_factor=forgetting_factor,
-                                   hessian=hessian, minibatch_seconds=minibatch_seconds,
-                                   max_minibatch_size=max_minibatch_size, coordinate=coordinate or entity_field,
-                                   dedup_horizon_seconds=dedup_horizon_seconds)
-        self.example_parser = ExampleParser(entity_field, timestamp_field, binary_labels=self.config.binary_labels,
+        if config is None:
+            config = UpdateConfig(trainer=trainer, penalty=penalty, forgetting_factor=forgetting_factor,
+                                  hessian=hessian, minibatch_seconds=minibatch_seconds,
+                                  max_minibatch_size=max_minibatch_size, coordinate=coordinate or entity_field,
+                                  dedup_horizon_seconds=dedup_horizon_seconds)
+        self.config = config
+        self.example_parser = ExampleParser(entity_field, timestamp_field, label_rule=self.config.label_rule,
                                             max_features=max_features)
-        self.model_parser = ModelParser(penalty, max_model_coefficients)
+        self.model_parser = ModelParser(self.config.penalty, max_model_coefficients)
         self.initial_models = initial_models
         self.streaming = streaming
 

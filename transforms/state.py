@@ -13,6 +13,9 @@ Entity-state versions (the first byte):
 * 2: the model, then the uids the entity trained on within the de-duplication horizon, each with
   the end of the mini-batch it was trained in. Version-1 bytes still decode (with no recent uids),
   so a job updated in place keeps its models; it starts remembering uids from its next update.
+* 3: version 2, then the model's forgetting reference (``--forgetting-target initial``): its
+  length r, then r float64 means and r float64 precisions. Written only for a model that has a
+  reference; every other state is still written as version 2, byte for byte.
 
 Example versions (buffered examples):
 
@@ -32,8 +35,9 @@ from apache_beam import coders
 from .examples import Example
 from .models import RandomEffectModel
 
-MODEL_STATE_VERSION = 2
-READABLE_MODEL_STATE_VERSIONS = (1, 2)
+MODEL_STATE_VERSION = 2  # what a model without a forgetting reference is written as
+REFERENCE_STATE_VERSION = 3  # ... and with one
+READABLE_MODEL_STATE_VERSIONS = (1, 2, 3)
 EXAMPLE_VERSION = 2
 READABLE_EXAMPLE_VERSIONS = (1, 2)
 EXAMPLE_TAG, MODEL_TAG = b"E", b"M"
@@ -173,10 +177,12 @@ def _check_version(data: bytes, readable: Tuple[int, ...], what: str) -> int:
 
 
 def encode_model(model: RandomEffectModel, recent_uids: Tuple[Tuple[str, int], ...] = ()) -> bytes:
-    """Version byte (2); entity; model version, window end and d as varints; d (name, term) pairs;
-    d float64 means; the Hessian kind byte and d (diagonal) or d*d (full) float64s; then the
-    recent uids: the number of mini-batches, and for each its end, its number of uids and the uids."""
-    w = _Writer(MODEL_STATE_VERSION)
+    """Version byte (2, or 3 with a forgetting reference); entity; model version, window end and d as
+    varints; d (name, term) pairs; d float64 means; the Hessian kind byte and d (diagonal) or d*d
+    (full) float64s; then the recent uids: the number of mini-batches, and for each its end, its
+    number of uids and the uids; in version 3 the reference: r, r means, r precisions."""
+    reference = model.reference
+    w = _Writer(MODEL_STATE_VERSION if reference is None else REFERENCE_STATE_VERSION)
     w.text(model.entity_id)
     w.varint(int(model.version))
     w.varint(int(model.window_end_ms))
@@ -202,11 +208,16 @@ def encode_model(model: RandomEffectModel, recent_uids: Tuple[Tuple[str, int], .
         w.varint(len(uids))
         for uid in uids:
             w.text(uid)
+    if reference is not None:
+        ref_means, ref_precisions = reference
+        w.varint(len(ref_means))
+        w.floats(ref_means)
+        w.floats(ref_precisions)
     return w.getvalue()
 
 
 def decode_entity_state(data: bytes) -> EntityState:
-    """Inverse of ``encode_model``, for versions 1 and 2; ``StateDecodeError`` on an unknown
+    """Inverse of ``encode_model``, for versions 1, 2 and 3; ``StateDecodeError`` on an unknown
     version or bad bytes."""
     version = _check_version(data, READABLE_MODEL_STATE_VERSIONS, "Model")
     r = _Reader(data)
@@ -234,8 +245,13 @@ def decode_entity_state(data: bytes) -> EntityState:
             batch_end, count = r.varint(), r.varint()
             pairs.extend((r.text(), batch_end) for _ in range(count))
         recent = tuple(pairs)
+    reference = None
+    if version >= 3:
+        count = r.varint()
+        reference = (r.floats(count), r.floats(count))
     r.done()
-    return EntityState(RandomEffectModel(entity, names, means, precisions, model_version, window_end, matrix), recent)
+    return EntityState(RandomEffectModel(entity, names, means, precisions, model_version, window_end, matrix,
+                                         reference), recent)
 
 
 def decode_model(data: bytes) -> RandomEffectModel:

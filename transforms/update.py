@@ -1,62 +1,94 @@
 """One entity's mini-batch update, in plain Python: the step the Beam job applies per entity.
 
 Kept free of Beam so that it can be tested (and replayed) directly: the job's result must equal
-``train_minibatch`` applied to each entity's mini-batches in order.
+``train_minibatch`` applied to each entity's mini-batches in order. It holds no math: it maps the
+entity's (name, term) keys to columns, turns elapsed event time into the forgetting factor
+(``lambda_core.forgetting_factor``) and calls ``lambda_core.update_entity``.
 """
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import sparse
 
 from lambda_core import (
+    DEFAULT_FORGETTING_TARGET,
+    DEFAULT_TRAINER,
+    FORGETTING_TARGETS,
     HessianType,
-    IndexedDataset,
-    IndexedModel,
-    TrainerLogisticLossWithL2,
-    TrainerSequentialBayesianLogisticLossWithL2,
-    TrainerSquareLossWithL2,
-    newton_small,
+    LabelRule,
+    TrainerSpec,
+    forgetting_factor,
+    trainer_spec,
+    update_entity,
 )
 
 from .examples import DeadLetter, Example, source_payload
 from .models import RandomEffectModel, cold_model, update_record
 
-TRAINERS = ("sequential_bayesian_logistic", "logistic", "linear")
-_DENSE_ENTRIES = 60_000  # below this many matrix entries a mini-batch's design matrix is dense
-# Up to about this many (examples x active columns), plain Python beats the trainers' per-call numpy
-# and scipy overhead (measured with benchmarks/bench_small.py: see the README).
-SMALL_MAX_ENTRIES = 100
 HESSIANS = {"full": HessianType.FULL, "diagonal": HessianType.DIAGONAL, "identity": HessianType.IDENTITY,
             "none": HessianType.NONE}
+#: How forgetting is clocked: by elapsed event time (the default) or once per update (lambda-learner's rule).
+FORGETTING_CLOCKS = ("event-time", "update")
+#: The job's default forgetting (when no --forgetting-factor is given): the past's weight halves
+#: every day of event time. Measured on simulated streams (see the README): change it here.
+DEFAULT_FORGETTING_HALF_LIFE_SECONDS = 86_400.0
 
 
 @dataclass(frozen=True)
 class UpdateConfig:
     """What every entity's update uses; validated on construction: ``ValueError`` with one sentence that
-    starts with the offending field's name (the command line turns it into the flag's name)."""
+    starts with the offending field's name (the command line turns it into the flag's name).
 
-    trainer: str = "sequential_bayesian_logistic"
+    These defaults are the job's defaults (the command line reads them from here).
+
+    Forgetting: before each update the entity's posterior is forgotten by a factor ``delta``
+    (``lambda_core.QuadraticPrior.sequential``) that depends on ``elapsed``, the event time from the
+    end of the entity's last trained mini-batch to the end of this one (one interval for a model this
+    job has not trained yet, e.g. an initial model):
+
+    * ``forgetting_factor`` given: ``delta = forgetting_factor ** (elapsed / minibatch_seconds)``, the
+      weight the past keeps per mini-batch interval -- lambda-learner's per-update ``delta`` for an
+      entity updated in every interval. 1 means no forgetting at all, whatever else is set (the
+      half-life is then not used).
+    * otherwise ``delta = 2 ** (-elapsed / forgetting_half_life_seconds)`` (the default).
+
+    ``forgetting_clock="update"`` restores lambda-learner's rule: ``elapsed`` is one interval at every
+    update, whatever the event time. ``forgetting_target`` is where forgetting pulls.
+    """
+
+    trainer: str = DEFAULT_TRAINER
     penalty: float = 10.0
-    forgetting_factor: float = 0.8
+    forgetting_factor: Optional[float] = None
     hessian: str = "diagonal"
     minibatch_seconds: float = 60.0
     max_minibatch_size: int = 10_000
     coordinate: str = "per-entity"
     dedup_horizon_seconds: float = 3600.0
+    forgetting_half_life_seconds: Optional[float] = DEFAULT_FORGETTING_HALF_LIFE_SECONDS
+    forgetting_clock: str = "event-time"
+    forgetting_target: str = DEFAULT_FORGETTING_TARGET
 
     def __post_init__(self):
-        if self.trainer not in TRAINERS:
-            raise ValueError(f"trainer must be one of {', '.join(TRAINERS)}, got {self.trainer!r}.")
+        trainer_spec(self.trainer)  # raises "trainer ..." for an unknown or a memoryless trainer
         if self.hessian not in HESSIANS:
             raise ValueError(f"hessian must be one of {', '.join(HESSIANS)}, got {self.hessian!r}.")
         if not (math.isfinite(self.penalty) and self.penalty >= 0):
             raise ValueError(f"penalty must be a finite number >= 0, got {self.penalty}.")
-        if not (math.isfinite(self.forgetting_factor) and 0 <= self.forgetting_factor <= 1):
-            raise ValueError(f"forgetting_factor must be in [0, 1], got {self.forgetting_factor}.")
+        factor, half_life = self.forgetting_factor, self.forgetting_half_life_seconds
+        if factor is not None and not (math.isfinite(factor) and 0 <= factor <= 1):
+            raise ValueError(f"forgetting_factor must be in [0, 1], got {factor}.")
+        if half_life is not None and not half_life > 0:
+            raise ValueError(f"forgetting_half_life_seconds must be > 0 (inf: no forgetting), got {half_life}.")
+        if factor is None and half_life is None:
+            raise ValueError("forgetting_factor or forgetting_half_life_seconds must be given.")
+        if self.forgetting_clock not in FORGETTING_CLOCKS:
+            raise ValueError(f"forgetting_clock must be one of {', '.join(FORGETTING_CLOCKS)}, "
+                             f"got {self.forgetting_clock!r}.")
+        if self.forgetting_target not in FORGETTING_TARGETS:
+            raise ValueError(f"forgetting_target must be one of {', '.join(FORGETTING_TARGETS)}, "
+                             f"got {self.forgetting_target!r}.")
         if not (math.isfinite(self.minibatch_seconds) and self.minibatch_seconds > 0):
             raise ValueError(f"minibatch_seconds must be > 0, got {self.minibatch_seconds}.")
         if self.minibatch_ms != self.minibatch_seconds * 1000:
@@ -72,6 +104,16 @@ class UpdateConfig:
             raise ValueError(f"coordinate must be a non-empty name without '/', got {self.coordinate!r}.")
 
     @property
+    def spec(self) -> TrainerSpec:
+        """The trainer's registry entry (loss family, Photon model class)."""
+        return trainer_spec(self.trainer)
+
+    @property
+    def label_rule(self) -> LabelRule:
+        """The labels the trainer accepts."""
+        return self.spec.label_rule
+
+    @property
     def minibatch_ms(self) -> int:
         """Length of a mini-batch interval in milliseconds."""
         return int(round(self.minibatch_seconds * 1000))
@@ -81,14 +123,19 @@ class UpdateConfig:
         """How long (event time) an entity remembers the uids it trained on; 0: no de-duplication."""
         return int(round(self.dedup_horizon_seconds * 1000))
 
-    @property
-    def binary_labels(self) -> bool:
-        """Whether the trainer needs labels in {0, 1} / {-1, +1}."""
-        return self.trainer != "linear"
-
     def batch_end(self, timestamp_ms: int) -> int:
         """End (exclusive) of the epoch-aligned interval holding ``timestamp_ms``."""
         return (timestamp_ms // self.minibatch_ms + 1) * self.minibatch_ms
+
+    def delta(self, model: RandomEffectModel, window_end_ms: int) -> float:
+        """The forgetting factor of ``model``'s posterior for the mini-batch ending at ``window_end_ms``."""
+        if self.forgetting_clock == "update" or model.window_end_ms <= 0:
+            elapsed = self.minibatch_ms
+        else:
+            elapsed = window_end_ms - model.window_end_ms
+        if self.forgetting_factor is not None:
+            return forgetting_factor(elapsed, self.minibatch_ms, float(self.forgetting_factor))
+        return forgetting_factor(elapsed, self.minibatch_ms, 1.0, self.forgetting_half_life_seconds * 1000.0)
 
     def minibatch_of(self, timestamp_ms: int, flushed_until_ms: int) -> Tuple[int, bool]:
         """(end of the mini-batch an example joins, whether it is late) for an entity whose
@@ -147,251 +194,82 @@ def chunks(examples: Sequence[Example], size: int) -> List[Sequence[Example]]:
     return [examples[i:i + size] for i in range(0, len(examples), size)]
 
 
-def _expanded(model: RandomEffectModel, examples: Sequence[Example], penalty: float):
-    """Index map (model features first, then new ones in order of appearance) and the prior in it."""
+def _columns(model: RandomEffectModel, examples: Sequence[Example]):
+    """The entity's (name, term) keys (the model's first, then new ones in order of appearance) and the
+    examples as sparse rows over them: intercept (column 0) first, zero values left out. Features are
+    unique within an example (the parser guarantees it)."""
     names = list(model.feature_names)
     index: Dict = {nt: i for i, nt in enumerate(names)}
+    rows = []
     for ex in examples:
-        for name, term, _ in ex.features:
-            if (name, term) not in index:
-                index[(name, term)] = len(names)
-                names.append((name, term))
-    d, d_old = len(names), len(model.feature_names)
-    theta = np.zeros(d)
-    theta[:d_old] = model.means
-    precisions = None if model.precisions is None else np.concatenate([model.precisions, np.full(d - d_old, penalty)])
-    matrix = None
-    if model.precision_matrix is not None:
-        matrix = np.diag(np.full(d, float(penalty)))
-        matrix[:d_old, :d_old] = model.precision_matrix
-    return names, index, theta, precisions, matrix
-
-
-def design_matrix(examples: Sequence[Example], index: Dict, d: int):
-    """Rows of the examples, intercept (column 0) = 1: dense when small (cheaper to build and
-    solve), CSR otherwise. Features are unique within an example, so plain assignment is exact."""
-    rows, columns, values = [], [], []
-    for i, ex in enumerate(examples):
-        for name, term, value in ex.features:
-            rows.append(i)
-            columns.append(index[(name, term)])
-            values.append(value)
-    n = len(examples)
-    if n * d <= _DENSE_ENTRIES:
-        X = np.zeros((n, d))
-        X[:, 0] = 1.0
-        if rows:
-            X[rows, columns] = values
-        return X
-    X = sparse.csr_matrix((values, (rows, columns)), shape=(n, d))
-    return (X + sparse.csr_matrix((np.ones(n), (np.arange(n), np.zeros(n, dtype=np.int64))), shape=(n, d))).tocsr()
-
-
-def _outcome(model: RandomEffectModel, names: Sequence, window_end_ms: int, batch, seconds: float, warnflag: int,
-             task: str, theta, loss, hessian) -> MinibatchResult:
-    """The result of a training run, or the failure that keeps the previous model: the optimiser
-    failed, the coefficients are not finite, or the Hessian (``hessian()`` -> (diagonal or None, full
-    matrix or None), only asked for after the other checks) is not positive and finite.
-    ``batch`` is (labels, weights, offset scores, model scores) of the mini-batch."""
-    n = len(batch[0])
-
-    def failed(reason: str) -> MinibatchResult:
-        return MinibatchResult(model, n, None, False, reason + "; the entity keeps its previous model.", *batch,
-                               seconds)
-
-    if warnflag == 2:
-        return failed(f"training failed ({task})")
-    theta = np.asarray(theta, dtype=float)
-    if not np.isfinite(theta).all():
-        return failed("training produced non-finite coefficients")
-    precisions, matrix = hessian()
-    if precisions is not None and not (np.isfinite(precisions).all() and (precisions > 0).all()):
-        return failed("training produced a Hessian that is not positive and finite")
-    updated = RandomEffectModel(model.entity_id, tuple(names), theta, precisions, model.version + 1, window_end_ms,
-                                matrix)
-    return MinibatchResult(updated, n, float(loss), warnflag == 0, None, *batch, seconds)
-
-
-def train_minibatch(model: Optional[RandomEffectModel], entity_id: str, examples: Sequence[Example],
-                    window_end_ms: int, config: UpdateConfig) -> MinibatchResult:
-    """Score the mini-batch with the current model (progressive validation), then update the model.
-
-    The update is the core trainer with the entity's current means and precisions as the prior,
-    every known coefficient included; new features start at mean 0 with precision ``penalty``.
-    Small problems with a diagonal prior (the common case: a few examples, a few features) take a
-    plain-Python path with the same iteration as the trainers; the rest go through the trainers.
-    """
-    if model is None:
-        model = cold_model(entity_id, config.penalty)
-    if len(examples) <= SMALL_MAX_ENTRIES:
-        result = train_minibatch_small(model, entity_id, examples, window_end_ms, config)
-        if result is not None:
-            return result
-    return train_minibatch_general(model, entity_id, examples, window_end_ms, config)
-
-
-def train_minibatch_small(model: RandomEffectModel, entity_id: str, examples: Sequence[Example],
-                          window_end_ms: int, config: UpdateConfig) -> Optional[MinibatchResult]:
-    """``train_minibatch`` for a small problem with a diagonal prior, on lists of floats; None when it
-    does not apply (more than ``SMALL_MAX_ENTRIES`` examples x active columns, a full prior matrix, no
-    penalty, labels the trainer would reject), so that the caller takes the general path.
-
-    Same index map, prior, solver steps (``lambda_core.newton_small`` mirrors the trainers' Newton
-    iteration), closed form for untouched columns and Hessian as ``train_minibatch_general``; the
-    results agree to rounding. Features are unique within an example (the parser guarantees it).
-    """
-    # Without a penalty the optimum may be a ray or a subspace (separable or under-determined data),
-    # or so flat that rounding moves it: any two solvers legitimately disagree there. Leave those to
-    # the general path, so that the small one only meets problems with a positive prior everywhere.
-    if model.precision_matrix is not None or not config.penalty > 0:
-        return None
-    logistic = config.trainer != "linear"
-    names = list(model.feature_names)
-    index = {nt: i for i, nt in enumerate(names)}
-    d_old = len(names)
-    theta0 = model.means.tolist()
-    rows, used = [], {0}
-    labels, weights, offsets, model_scores = [], [], [], []
-    for ex in examples:
-        label = ex.label
-        if logistic and label != 1.0 and label != 0.0 and label != -1.0:
-            return None  # the trainer raises its ValueError for these
         row = [(0, 1.0)]
-        score = theta0[0]
         for name, term, value in ex.features:
             key = (name, term)
             j = index.get(key)
             if j is None:
                 j = index[key] = len(names)
                 names.append(key)
-            elif j < d_old:
-                score += value * theta0[j]
-            # A zero leaves the column unused, as the trainers' dense scan of the design matrix sees it.
             if value != 0.0:
                 row.append((j, value))
-                used.add(j)
         rows.append(row)
-        labels.append(label)
-        weights.append(ex.weight)
-        offsets.append(ex.offset)
-        model_scores.append(score + ex.offset)
-    k = len(used)
-    if k * len(rows) > SMALL_MAX_ENTRIES:
+    return names, rows
+
+
+def _reference(model: Optional[RandomEffectModel], config: UpdateConfig):
+    """What forgetting target "initial" pulls towards: the model the entity entered the job with (its
+    means and precisions), kept in the model from then on; empty for an entity that started cold."""
+    if config.forgetting_target != "initial":
         return None
-    d = len(names)
-    penalty = float(config.penalty)
-    if config.trainer == "sequential_bayesian_logistic":
-        delta = float(config.forgetting_factor)
-        ridge, scale = (1.0 - delta) * penalty, delta
-        precision = [penalty] * d_old if model.precisions is None else model.precisions.tolist()
-    else:
-        ridge, scale = penalty, 0.0
-        precision = [0.0] * d_old
-    if d > d_old:
-        theta0 += [0.0] * (d - d_old)
-        precision += [penalty if scale else 0.0] * (d - d_old)
+    if model is None:
+        return (np.zeros(0), np.zeros(0))
+    if model.reference is not None:
+        return model.reference
+    precisions = model.precisions if model.precisions is not None else np.full(len(model.means), config.penalty)
+    return (model.means.copy(), precisions.copy())
 
-    if k == d:
-        active, local_rows = range(d), rows
-    else:
-        active = sorted(used)
-        local = {g: i for i, g in enumerate(active)}
-        local_rows = [[(local[c], v) for c, v in row] for row in rows]
-    y = [(-1.0 if label == 1.0 else 1.0) for label in labels] if logistic else labels
-    started = time.perf_counter()
-    solution = newton_small(local_rows, y, weights, offsets, [theta0[g] for g in active],
-                            [precision[g] for g in active], ridge, scale, logistic)
-    seconds = time.perf_counter() - started
-    batch = (np.array(labels), np.array(weights), np.array(offsets), np.array(model_scores))
-    if solution.warnflag == 2:
-        return _outcome(model, names, window_end_ms, batch, seconds, 2, solution.task, theta0, None, None)
-    if k == d:
-        theta = solution.theta
-        loss = solution.loss
-    else:
-        # Columns the mini-batch does not touch decouple under a diagonal prior: closed-form optimum
-        # (the prior mean shrunk by the forgetting factor), or the prior mean when nothing holds it.
-        theta = []
-        for c, p in zip(theta0, precision):
-            denom = ridge + scale * p
-            theta.append(scale * p * c / denom if denom > 0 else c)
-        for i, g in enumerate(active):
-            theta[g] = solution.theta[i]
-        tt = dp = 0.0
-        for t, c, p in zip(theta, theta0, precision):
-            dev = t - c
-            tt += t * t
-            dp += dev * (dev * p)
-        prior = 0.5 * ridge * tt
-        if scale:
-            prior += 0.5 * scale * dp
-        loss = solution.data_loss + prior
 
-    def hessian():
-        hessian_type = HESSIANS[config.hessian]
-        if hessian_type is HessianType.NONE:
-            return None, None
-        if hessian_type is HessianType.IDENTITY:
-            return np.ones(d), None
-        diagonal = np.array([ridge + scale * p for p in precision])
-        if hessian_type is HessianType.DIAGONAL:
-            squared = [0.0] * k
-            for row, d2 in zip(local_rows, solution.d2):
-                for c, v in row:
-                    squared[c] += d2 * (v * v)
-            for i, g in enumerate(active):
-                diagonal[g] += squared[i]
-            return diagonal, None
-        gram = np.zeros((k, k))
-        for row, d2 in zip(local_rows, solution.d2):
-            dense = np.zeros(k)
-            for c, v in row:
-                dense[c] = v
-            gram += np.outer(dense, dense * d2)
-        matrix = np.diag(diagonal)
-        matrix[np.ix_(active, active)] += gram
-        return np.diagonal(matrix).copy(), matrix
+def train_minibatch(model: Optional[RandomEffectModel], entity_id: str, examples: Sequence[Example],
+                    window_end_ms: int, config: UpdateConfig, small: Optional[bool] = None) -> MinibatchResult:
+    """Score the mini-batch with the current model (progressive validation), then update the model.
 
-    return _outcome(model, names, window_end_ms, batch, seconds, solution.warnflag, solution.task, theta, loss,
-                    hessian)
+    The update is ``lambda_core.update_entity``: the entity's current means and precisions (every
+    known coefficient included; new features start at mean 0 with precision ``penalty``), forgotten
+    by ``config.delta``, are the prior. ``small`` is passed on (None: the core's rule picks the
+    plain-Python or the numpy solver; the tests force each).
+    """
+    reference = _reference(model, config)
+    if model is None:
+        model = cold_model(entity_id, config.penalty)
+    names, rows = _columns(model, examples)
+    labels = [e.label for e in examples]
+    weights = [e.weight for e in examples]
+    offsets = [e.offset for e in examples]
+    update = update_entity(rows, labels, weights, offsets, model.means, model.precisions, model.precision_matrix,
+                           len(names), family=config.spec.family, penalty=float(config.penalty),
+                           delta=config.delta(model, window_end_ms), hessian_type=HESSIANS[config.hessian],
+                           target=config.forgetting_target, reference=reference, small=small)
+    if update is None:
+        return None
+    batch = (np.array(labels), np.array(weights), np.array(offsets), update.model_scores)
+    if update.failure is not None:
+        return MinibatchResult(model, len(examples), None, False,
+                               update.failure + "; the entity keeps its previous model.", *batch, update.seconds)
+    updated = RandomEffectModel(model.entity_id, tuple(names), update.theta, update.precisions, model.version + 1,
+                                window_end_ms, update.matrix, reference)
+    return MinibatchResult(updated, len(examples), update.loss, update.converged, None, *batch, update.seconds)
+
+
+def train_minibatch_small(model: RandomEffectModel, entity_id: str, examples: Sequence[Example],
+                          window_end_ms: int, config: UpdateConfig) -> Optional[MinibatchResult]:
+    """``train_minibatch`` through the core's plain-Python solver; None where it does not apply."""
+    return train_minibatch(model, entity_id, examples, window_end_ms, config, small=True)
 
 
 def train_minibatch_general(model: Optional[RandomEffectModel], entity_id: str, examples: Sequence[Example],
                             window_end_ms: int, config: UpdateConfig) -> MinibatchResult:
-    """``train_minibatch`` through the lambda_core trainer classes, for any size and any prior: the
-    reference the small-problem path is tested against."""
-    if model is None:
-        model = cold_model(entity_id, config.penalty)
-    names, index, theta0, precisions, matrix = _expanded(model, examples, config.penalty)
-    d = len(names)
-    X = design_matrix(examples, index, d)
-    labels = np.array([e.label for e in examples])
-    weights = np.array([e.weight for e in examples])
-    offsets = np.array([e.offset for e in examples])
-    model_scores = np.asarray(X @ theta0).reshape(-1) + offsets
-    data = IndexedDataset(X, labels, weights, offsets)
-    hessian_type = HESSIANS[config.hessian]
-    started = time.perf_counter()
-    if config.trainer == "sequential_bayesian_logistic":
-        prior = IndexedModel(theta0, matrix if matrix is not None else precisions)
-        trainer = TrainerSequentialBayesianLogisticLossWithL2(
-            training_data=data, initial_model=prior, hessian_type=hessian_type, penalty=config.penalty,
-            delta=config.forgetting_factor)
-    else:
-        cls = TrainerLogisticLossWithL2 if config.trainer == "logistic" else TrainerSquareLossWithL2
-        trainer = cls(training_data=data, initial_model=IndexedModel(theta0), hessian_type=hessian_type,
-                      penalty=config.penalty)
-    trained, loss, meta = trainer.train()
-    seconds = time.perf_counter() - started
-
-    def hessian():
-        if hessian_type is HessianType.FULL:
-            matrix = np.asarray(trained.hessian.toarray())
-            return np.diagonal(matrix).copy(), matrix
-        return trained.hessian_diagonal(), None
-
-    return _outcome(model, names, window_end_ms, (labels, weights, offsets, model_scores), seconds,
-                    meta["warnflag"], meta["task"], trained.theta, loss, hessian)
+    """``train_minibatch`` through the core's numpy solver, for any size and any prior: the reference
+    the small path is tested against."""
+    return train_minibatch(model, entity_id, examples, window_end_ms, config, small=False)
 
 
 class EntityFlush(NamedTuple):
