@@ -26,7 +26,7 @@ from ._scoring import sample_coefficients, score_linear_model
 from ._sequential_bayesian import TrainerSequentialBayesianLogisticLossWithL2
 from ._small import SmallSolution, newton_small
 from ._square import GAUSSIAN, SquareLoss, TrainerSequentialBayesianSquareLossWithL2, TrainerSquareLossWithL2
-from ._update import EntityUpdate, expand_prior, update_entity
+from ._update import EntityUpdate, expand_prior, margins, update_entity
 
 __all__ = [
     "Feature",
@@ -64,6 +64,7 @@ __all__ = [
     "newton_small",
     "SmallSolution",
     "update_entity",
+    "margins",
     "expand_prior",
     "EntityUpdate",
     "SMALL_MAX_ENTRIES",

@@ -76,6 +76,14 @@ def rows_matrix(rows: Sequence[Row], d: int):
     return sparse.csr_matrix((vals, cols, indptr), shape=(n, d))
 
 
+def margins(rows: Sequence[Row], theta: Sequence[float], offsets: Sequence[float]) -> np.ndarray:
+    """``x . theta + offset`` of each sparse row; columns beyond ``theta`` (features the model has
+    not seen) count as 0. The score a model gives examples it does not train on."""
+    coefficients = list(theta)
+    d = len(coefficients)
+    return np.array([sum(v * coefficients[c] for c, v in row if c < d) + o for row, o in zip(rows, offsets)])
+
+
 def update_entity(rows: Sequence[Row], labels: Sequence[float], weights: Sequence[float],
                   offsets: Sequence[float], mean: np.ndarray, precisions: Optional[np.ndarray],
                   matrix: Optional[np.ndarray], d: int, *, family: LossFamily, penalty: float, delta: float,

@@ -9,6 +9,7 @@ writes the same layout under ``--output``: ``updates/``, the snapshot, ``dead-le
         --timestamp-field timestamp [--initial-models DIR] [any job flag] [--lateness-seconds 3600]
 """
 
+import math
 import sys
 import time
 from collections import Counter
@@ -24,10 +25,10 @@ from transforms.formats import NOT_JSON, decode_json_line, is_blank, line_text, 
 from transforms.io import read_path_records
 from transforms.models import ModelParser, coordinate_dir, model_files, write_snapshot
 from transforms.paths import data_files
-from transforms.replay import EntityReplay
+from transforms.replay import EntityReplay, PeriodicBatchReplay
 from transforms.validation import ProgressiveValidation
 
-from .job import VALIDATION_FILE, check_inputs, format_summary, write_summary
+from .job import SUMMARY_FILE, VALIDATION_FILE, check_inputs, format_summary, write_summary
 from .options import LambdaLearnerOptions, UsageError, parse_options, update_config
 
 
@@ -41,6 +42,11 @@ class ReplayOptions(PipelineOptions):
             help="replay: the watermark trails the newest event time read by this much; an example further "
                  "behind its entity's trained mini-batches is late, as in a streaming job with that watermark "
                  "(-1: hold everything until the end of the input, as the batch job does)")
+        parser.add_argument(
+            "--batch-baseline-hours", dest="batch_baseline_hours", type=float, default=0.0,
+            help="replay: instead of the job's incremental updates, retrain every entity from scratch on all its "
+                 "data so far every this many hours of event time, scoring each example with the last retrain "
+                 "(the periodic batch baseline; writes the validation report and the summary only); 0: off")
 
 
 class _NoOutputs:
@@ -117,8 +123,12 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     counts: Counter = Counter()
     sizes, micros = _Distribution(), _Distribution()
     validation = ProgressiveValidation(int(o.validation_bucket_seconds * 1000))
+    baseline_hours = options.view_as(ReplayOptions).batch_baseline_hours
+    if not (baseline_hours >= 0 and math.isfinite(baseline_hours)):
+        raise UsageError(f"--batch-baseline-hours must be >= 0 (0: off), got {baseline_hours}.")
+    baseline = PeriodicBatchReplay(config, int(round(baseline_hours * 3_600_000))) if baseline_hours else None
     state = EntityReplay(config, None if lateness == -1 else int(round(lateness * 1000)))
-    out = _Outputs(o.output) if write_outputs else _NoOutputs()
+    out = _Outputs(o.output) if write_outputs and baseline is None else _NoOutputs()
 
     def dead_letter(dead: DeadLetter) -> None:
         counts["dead_letters"] += 1
@@ -158,8 +168,11 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
                     dead_letter(parsed)
                 else:
                     state.add_model(parsed)
+                    if baseline is not None:
+                        baseline.add_model(parsed)
     entities_with_initial_models = len(state.models)
 
+    learner_cpu = 0.0
     parser = ExampleParser(o.entity_field, o.timestamp_field, label_rule=config.label_rule,
                            max_features=o.max_features)
     for path in data_files(o.input, bool(o.input_format)):
@@ -177,11 +190,30 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
                 dead_letter(parsed)
                 continue
             counts["examples"] += 1
-            flushed(state.add_example(parsed))
-    flushed(state.finish())
+            cpu = time.process_time()
+            if baseline is not None:
+                validation.add(baseline.add_example(parsed))
+            else:
+                flushed(state.add_example(parsed))
+            learner_cpu += time.process_time() - cpu
+    cpu = time.process_time()
+    if baseline is None:
+        flushed(state.finish())
+    learner_cpu += time.process_time() - cpu
     out.close()
-    if not write_outputs:
+    # CPU seconds of the learner (scoring and training, from parsed example to update record).
+    counts["learner_cpu_seconds"] = round(learner_cpu, 3)
+    if baseline is not None:
+        counts.update(retrains=baseline.retrains, retrain_cpu_seconds=round(baseline.train_seconds, 3))
+    if not write_outputs or baseline is not None:
         metrics = dict(counts, late_examples=state.late_examples)
+        if write_outputs:  # the baseline: its scores and counts
+            validation_path = FileSystems.join(o.output, VALIDATION_FILE)
+            with FileSystems.create(validation_path) as f:
+                f.write(to_json(validation.report()).encode("utf-8") + b"\n")
+            with FileSystems.create(FileSystems.join(o.output, SUMMARY_FILE)) as f:
+                f.write(to_json(dict(metrics, batch_baseline_hours=baseline_hours, seconds=round(time.time() - started, 2),
+                                     progressive_validation=validation.report())).encode("utf-8"))
         return metrics, validation
 
     paths = {"updates": FileSystems.join(o.output, "updates"),
@@ -219,10 +251,17 @@ def main(argv=None) -> int:
         return 0
     try:
         options = parse_options(argv)
-        summary, _ = replay(options)
+        summary, validation = replay(options)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if options.view_as(ReplayOptions).batch_baseline_hours:
+        overall = validation.report()["overall"]
+        print(f"Periodic batch baseline (every {options.view_as(ReplayOptions).batch_baseline_hours:g} h): "
+              f"{summary['examples']:,} examples scored, {summary['retrains']:,} entity retrains in "
+              f"{summary['retrain_cpu_seconds']:.1f} CPU s; progressive log loss {overall['log_loss_offset_only']:.4f} "
+              f"offset-only -> {overall['log_loss_with_random_effects']:.4f}.")
+        return 0
     print(format_summary(summary))
     return 0
 

@@ -203,3 +203,48 @@ def test_tune_bad_grid_specs_are_one_line(messy_inputs, tmp_path, capsys, grid, 
     assert tune_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+# the periodic batch baseline: retrain from scratch every N hours, score with the last retrain
+
+def test_the_batch_baseline_scores_each_example_with_the_last_retrain_on_all_earlier_data():
+    import dataclasses
+
+    from transforms.replay import PeriodicBatchReplay
+    from transforms.update import order_minibatch, score_examples, train_minibatch
+
+    cfg = config(minibatch_seconds=600)
+    hour = 3_600_000
+    parser = ExampleParser("userId", "timestamp")
+    records = [rec("u", T0 + h * hour + 60_000 * i, f"{h}-{i}", float((h + i) % 2), offset=0.1 * i,
+                   features=(("f", str(i % 3), 1.0),)) for h in range(3) for i in range(4)]
+    records.append(rec("v", T0 + 2 * hour + 5, "v-0", 1.0))
+    examples = [parser.parse(r) for r in records]
+    baseline = PeriodicBatchReplay(cfg, hour)
+    got = [baseline.add_example(ex) for ex in examples]
+    batch_cfg = dataclasses.replace(cfg, forgetting_factor=1.0)
+    expected = []
+    for ex in examples:
+        earlier = [e for e in examples if e.entity_id == ex.entity_id and
+                   e.timestamp_ms < ex.timestamp_ms // hour * hour]
+        model = None
+        if earlier:
+            boundary = ex.timestamp_ms // hour * hour
+            model = train_minibatch(None, ex.entity_id, order_minibatch(earlier), boundary, batch_cfg).model
+        expected.append(float(score_examples(model, [ex])[0]))
+    assert [g["modelScores"][0] for g in got] == expected
+    assert expected[0] == records[0]["offset"] and expected[4] != records[4]["offset"]
+    assert baseline.retrains == 2 and baseline.train_seconds > 0  # u at hour 1 and at hour 2; v never
+    assert [g["windowEnd"] for g in got] == [cfg.batch_end(ex.timestamp_ms) for ex in examples]
+
+
+def test_replay_runs_the_batch_baseline_from_the_command_line(messy_inputs, tmp_path, capsys):
+    inputs, _ = messy_inputs
+    assert replay_main(["--input", inputs["examples"], "--output", str(tmp_path), "--entity-field", "userId",
+                        "--timestamp-field", "timestamp", "--initial-models", inputs["models"],
+                        "--batch-baseline-hours", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "Periodic batch baseline (every 0.25 h)" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["retrains"] > 0 and summary["examples"] == summary["progressive_validation"]["overall"]["examples"]
+    assert not (tmp_path / "updates").exists()

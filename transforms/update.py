@@ -20,6 +20,7 @@ from lambda_core import (
     LabelRule,
     TrainerSpec,
     forgetting_factor,
+    margins,
     trainer_spec,
     update_entity,
 )
@@ -213,6 +214,16 @@ def _columns(model: RandomEffectModel, examples: Sequence[Example]):
                 row.append((j, value))
         rows.append(row)
     return names, rows
+
+
+def score_examples(model: Optional[RandomEffectModel], examples: Sequence[Example]) -> np.ndarray:
+    """Each example's score (margin) under ``model``, which does not learn from them; the offset
+    alone without a model."""
+    offsets = [e.offset for e in examples]
+    if model is None:
+        return np.array(offsets, dtype=float)
+    _, rows = _columns(model, examples)
+    return margins(rows, model.means, offsets)
 
 
 def _reference(model: Optional[RandomEffectModel], config: UpdateConfig):
