@@ -49,8 +49,8 @@ class LambdaLearnerOptions(PipelineOptions):
             help=f"one of {', '.join(FORGETTING_CLOCKS)}: forget by elapsed event time, or by delta once per "
                  "update (lambda-learner)")
         add("--forgetting-target", dest="forgetting_target", default=UpdateConfig.forgetting_target,
-            help=f"one of {', '.join(FORGETTING_TARGETS)}: where forgetting pulls: zero (mean 0, precision lambda), initial (the entity's initial model) "
-                 "or variance (keep the mean, relax the precision)")
+            help=f"one of {', '.join(FORGETTING_TARGETS)}: where forgetting pulls: zero (mean 0, precision "
+                 "lambda), initial (the entity's initial model) or variance (keep the mean, relax the precision)")
         add("--hessian", dest="hessian", default=UpdateConfig.hessian, help=f"one of {', '.join(HESSIANS)}")
         add("--minibatch-seconds", dest="minibatch_seconds", type=float, default=UpdateConfig.minibatch_seconds)
         add("--max-minibatch-size", dest="max_minibatch_size", type=int, default=UpdateConfig.max_minibatch_size)
@@ -71,9 +71,17 @@ class LambdaLearnerOptions(PipelineOptions):
             help="print records read and updates made every N seconds (per worker process; 0: off)")
 
 
+class _QuietParser(argparse.ArgumentParser):
+    """argparse that raises ``UsageError`` with its one-line message instead of printing the usage
+    of every Beam flag and exiting."""
+
+    def error(self, message):
+        raise UsageError(f"{message}; see --help.")
+
+
 def _all_options_parser() -> argparse.ArgumentParser:
     # "resolve": an options class seen twice (a re-imported module) just re-adds its own flags.
-    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+    parser = _QuietParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
     seen = set()
 
     def visit(cls):
@@ -91,7 +99,7 @@ def parse_options(argv: List[str]) -> PipelineOptions:
     """Options from ``argv``; ``UsageError`` for unknown flags or invalid values."""
     try:
         _, unknown = _all_options_parser().parse_known_args(argv)
-    except SystemExit:
+    except SystemExit:  # argparse exits itself for a few cases its error() does not cover
         raise UsageError(f"could not parse the command line {' '.join(argv)!r}; see --help.") from None
     if unknown:
         raise UsageError(f"unknown flag(s) {' '.join(unknown)}; see python -m pipeline --help.")

@@ -12,7 +12,7 @@ writes the same layout under ``--output``: ``updates/``, the snapshot, ``dead-le
 import sys
 import time
 from collections import Counter
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -43,7 +43,20 @@ class ReplayOptions(PipelineOptions):
                  "(-1: hold everything until the end of the input, as the batch job does)")
 
 
-class _Outputs:
+class _NoOutputs:
+    """Where a replay run for its scores alone (``pipeline.tune``) sends its records: nowhere."""
+
+    def update(self, record: dict) -> None:
+        pass
+
+    def dead_letter(self, dead: DeadLetter) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Outputs(_NoOutputs):
     """The replay's files, written as it goes (one part per kind, like a one-shard job)."""
 
     def __init__(self, output: str):
@@ -88,8 +101,9 @@ class _Distribution:
         return {"count": self.count, "min": self.min, "max": self.max, "mean": self.total / self.count}
 
 
-def replay(options: PipelineOptions) -> Dict[str, Any]:
-    """Replay the job over its inputs; write its outputs; return the summary (as the job's)."""
+def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[str, Any], ProgressiveValidation]:
+    """Replay the job over its inputs; write its outputs (unless ``write_outputs`` is false: then
+    nothing is written); return the summary (as the job's) and the progressive validation."""
     started = time.time()
     o = options.view_as(LambdaLearnerOptions)
     if o.watch or o.input_subscription:
@@ -104,7 +118,7 @@ def replay(options: PipelineOptions) -> Dict[str, Any]:
     sizes, micros = _Distribution(), _Distribution()
     validation = ProgressiveValidation(int(o.validation_bucket_seconds * 1000))
     state = EntityReplay(config, None if lateness == -1 else int(round(lateness * 1000)))
-    out = _Outputs(o.output)
+    out = _Outputs(o.output) if write_outputs else _NoOutputs()
 
     def dead_letter(dead: DeadLetter) -> None:
         counts["dead_letters"] += 1
@@ -144,7 +158,7 @@ def replay(options: PipelineOptions) -> Dict[str, Any]:
                     dead_letter(parsed)
                 else:
                     state.add_model(parsed)
-    initial = dict(state.models) if o.initial_models else {}
+    entities_with_initial_models = len(state.models)
 
     parser = ExampleParser(o.entity_field, o.timestamp_field, label_rule=config.label_rule,
                            max_features=o.max_features)
@@ -166,6 +180,9 @@ def replay(options: PipelineOptions) -> Dict[str, Any]:
             flushed(state.add_example(parsed))
     flushed(state.finish())
     out.close()
+    if not write_outputs:
+        metrics = dict(counts, late_examples=state.late_examples)
+        return metrics, validation
 
     paths = {"updates": FileSystems.join(o.output, "updates"),
              "dead_letters": FileSystems.join(o.output, "dead-letter")}
@@ -182,8 +199,8 @@ def replay(options: PipelineOptions) -> Dict[str, Any]:
                    update_train_micros=micros.value())
     summary = write_summary(metrics, options, paths, time.time() - started, runner="replay")
     summary["snapshot_models"] = snapshot["models"]
-    summary["entities_with_initial_models"] = len(initial)
-    return summary
+    summary["entities_with_initial_models"] = entities_with_initial_models
+    return summary, validation
 
 
 def _records_per_part(models: int, shards: int) -> int:
@@ -202,7 +219,7 @@ def main(argv=None) -> int:
         return 0
     try:
         options = parse_options(argv)
-        summary = replay(options)
+        summary, _ = replay(options)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -146,3 +146,60 @@ def test_replay_usage_errors_are_one_line(messy_inputs, tmp_path, capsys, args, 
     assert replay_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+# pipeline.tune: a grid of replays, ranked on an earlier slice, judged on a later one
+
+def test_tune_ranks_a_grid_of_replays_and_prints_the_winners_job_command(tmp_path, capsys):
+    from pipeline.tune import TUNE_FILE, main as tune_main
+
+    examples, inputs = make_inputs(tmp_path / "in", num_users=15, hours=2, seed=21)
+    out = tmp_path / "tune"
+    argv = ["--input", inputs["examples"], "--output", str(out), "--entity-field", "userId",
+            "--timestamp-field", "timestamp", "--minibatch-seconds", "300", "--validation-bucket-seconds", "1800",
+            "--grid", "penalty=1,10", "--grid", "forgetting-factor=0.5,1", "--processes", "2"]
+    assert tune_main(argv) == 0
+    captured = capsys.readouterr()
+    report = json.loads((out / TUNE_FILE).read_text())
+    results = report["results"]
+    assert len(results) == 4
+    assert sorted(r["setting"]["penalty"] + "/" + r["setting"]["forgetting-factor"] for r in results) == [
+        "1/0.5", "1/1", "10/0.5", "10/1"]
+    losses = [r["selection"]["log_loss_with_random_effects"] for r in results]
+    assert losses == sorted(losses) and len(set(losses)) == 4
+    # the selection slice holds about half of the examples, the later slice the rest
+    first = results[0]
+    assert first["split_ms"] is not None
+    n = first["selection"]["examples"] + first["later"]["examples"]
+    assert n == len(examples) and 0.3 * n <= first["selection"]["examples"] <= 0.8 * n
+    # each setting's selection score is that replay's own progressive validation over the slice
+    from pipeline.options import parse_options
+    from pipeline.replay import replay
+
+    winner = report["winner"]
+    _, validation = replay(parse_options(argv[:12] + ["--penalty", winner["penalty"],
+                                                      "--forgetting-factor", winner["forgetting-factor"]]),
+                           write_outputs=False)
+    assert validation.report_between(None, first["split_ms"]) == first["selection"]
+    assert f"--penalty {winner['penalty']} --forgetting-factor {winner['forgetting-factor']}" in captured.out
+    assert "python -m pipeline " in captured.out and "[4/4]" in captured.err
+
+
+@pytest.mark.parametrize("grid, message", [
+    (["pen=1,2"], "'pen' is not a flag of the job"),
+    (["penalty"], "is not NAME=V1,V2"),
+    (["penalty=1,,2"], "has an empty value"),
+    (["penalty=1,x"], "grid setting --penalty x"),
+    (["input=a,b"], "names the data"),
+    (["watch=1,2"], "on/off flag"),
+    ([], "give at least one --grid"),
+])
+def test_tune_bad_grid_specs_are_one_line(messy_inputs, tmp_path, capsys, grid, message):
+    from pipeline.tune import main as tune_main
+
+    inputs, _ = messy_inputs
+    argv = ["--input", inputs["examples"], "--output", str(tmp_path), "--entity-field", "userId",
+            "--timestamp-field", "timestamp"] + [x for g in grid for x in ("--grid", g)]
+    assert tune_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

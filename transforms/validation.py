@@ -137,6 +137,21 @@ class ProgressiveValidation:
                 self.buckets[start] = bucket
         return self
 
+    def counts(self) -> Dict[int, int]:
+        """Examples scored per bucket start."""
+        for bucket in self.buckets.values():
+            bucket.fold()
+        return {start: bucket.count for start, bucket in self.buckets.items()}
+
+    def report_between(self, start_ms: Optional[int] = None, end_ms: Optional[int] = None) -> Dict[str, Optional[float]]:
+        """The metrics of the buckets starting in [``start_ms``, ``end_ms``) together (a slice of
+        the stream, e.g. the later part a tuned setting is judged on)."""
+        merged = _Bucket()
+        for start, bucket in self.buckets.items():
+            if (start_ms is None or start >= start_ms) and (end_ms is None or start < end_ms):
+                merged.merge(bucket)
+        return merged.report()
+
     def report(self) -> dict:
         """Overall and per-bucket metrics, buckets in time order."""
         overall = _Bucket()
