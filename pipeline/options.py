@@ -46,12 +46,11 @@ class LambdaLearnerOptions(PipelineOptions):
             help="instead of --forgetting-factor: the past's weight halves every this many seconds of event time "
                  f"(default {UpdateConfig.forgetting_half_life_seconds:g})")
         add("--forgetting-clock", dest="forgetting_clock", default=UpdateConfig.forgetting_clock,
-            choices=FORGETTING_CLOCKS,
-            help="event-time: forget by elapsed event time; update: by delta once per update (lambda-learner)")
+            help=f"one of {', '.join(FORGETTING_CLOCKS)}: forget by elapsed event time, or by delta once per "
+                 "update (lambda-learner)")
         add("--forgetting-target", dest="forgetting_target", default=UpdateConfig.forgetting_target,
-            choices=FORGETTING_TARGETS,
-            help="where forgetting pulls: zero (mean 0, precision lambda), initial (the entity's initial model) "
-                 "or variance (keep the mean, relax the precision)")
+            help=f"one of {', '.join(FORGETTING_TARGETS)}: where forgetting pulls: zero (mean 0, precision "
+                 "lambda), initial (the entity's initial model) or variance (keep the mean, relax the precision)")
         add("--hessian", dest="hessian", default=UpdateConfig.hessian, help=f"one of {', '.join(HESSIANS)}")
         add("--minibatch-seconds", dest="minibatch_seconds", type=float, default=UpdateConfig.minibatch_seconds)
         add("--max-minibatch-size", dest="max_minibatch_size", type=int, default=UpdateConfig.max_minibatch_size)

@@ -133,7 +133,7 @@ def test_job_matches_lambda_learner_0_1_0_replayed_by_hand(tmp_path):
     examples, inputs = make_inputs(tmp_path / "in", num_users=12, hours=0.5, seed=9)
     # lambda-learner's rule: delta = 0.8 at every update, whatever the time since the last one.
     run_job(inputs, tmp_path / "out", "--forgetting-factor", "0.8", "--forgetting-clock", "update",
-            with_models=False)
+            "--forgetting-target", "zero", "--penalty", "10", with_models=False)
     batches = defaultdict(list)
     for e in examples:
         batches[(e["userId"], e["timestamp"] // 300_000)].append(e)
@@ -174,7 +174,8 @@ def run_cli(*args):
     (["--forgetting-factor", "1.5"], "--forgetting-factor must be in [0, 1]"),
     (["--forgetting-half-life-seconds", "0"], "--forgetting-half-life-seconds must be > 0"),
     (["--forgetting-factor", "1", "--forgetting-half-life-seconds", "60"], "not both"),
-    (["--forgetting-target", "one"], "could not parse the command line"),
+    (["--forgetting-target", "one"], "--forgetting-target must be one of zero, initial, variance"),
+    (["--forgetting-clock", "wall"], "--forgetting-clock must be one of event-time, update"),
     (["--trainer", "logistic"], "use 'sequential_bayesian_logistic', which learns incrementally"),
     (["--trainer", "forest"], "--trainer must be one of"),
 ])

@@ -276,10 +276,13 @@ class WriteSnapshot(beam.PTransform):
          | "IdInfo" >> beam.Create([base])
          | "WriteIdInfo" >> beam.Map(write_id_info, entity_field, feature_shard))
         modelclass = model_class(self.trainer)
-        keys = ("modelId", "modelClass", "means", "variances", "lossFunction")
+        # Photon's fields plus version and windowEnd (the superset schema Photon readers read): a
+        # restart from this snapshot knows when each model was last trained, which forgetting by
+        # event time needs.
+        keys = ("modelId", "modelClass", "means", "variances", "lossFunction", "version", "windowEnd")
         return (records
                 | "ByEntity" >> beam.Map(lambda r: (r["modelId"], r))
                 | "Latest" >> beam.CombinePerKey(latest_record)
                 | "PhotonRecord" >> beam.Map(lambda kv: {k: kv[1].get(k) for k in keys} | {"modelClass": modelclass})
                 | "Write" >> fileio.WriteToFiles(FileSystems.join(base, COEFFICIENTS), file_naming=_snapshot_name,
-                                                 sink=lambda _: AvroSink("BayesianLinearModelAvro"), shards=self.shards))
+                                                 sink=lambda _: AvroSink("ModelUpdateAvro"), shards=self.shards))

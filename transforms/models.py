@@ -335,6 +335,8 @@ def write_snapshot(models: Iterable[RandomEffectModel], output: str, coordinate:
     for part, start in enumerate(range(0, max(len(ordered), 1), records_per_part)):
         chunk = ordered[start:start + records_per_part]
         path = FileSystems.join(base, COEFFICIENTS, f"part-{part:05d}.avro")
-        write_avro(path, "BayesianLinearModelAvro", (model_record(m, trainer, sparsity_threshold) for m in chunk))
+        # With version and windowEnd (Photon readers read the superset schema): see io.WriteSnapshot.
+        write_avro(path, "ModelUpdateAvro", (dict(model_record(m, trainer, sparsity_threshold), version=int(m.version),
+                                                  windowEnd=int(m.window_end_ms)) for m in chunk))
         parts.append(path)
     return {"directory": base, "parts": parts, "models": len(ordered)}

@@ -33,8 +33,8 @@ HESSIANS = {"full": HessianType.FULL, "diagonal": HessianType.DIAGONAL, "identit
 #: How forgetting is clocked: by elapsed event time (the default) or once per update (lambda-learner's rule).
 FORGETTING_CLOCKS = ("event-time", "update")
 #: The job's default forgetting (when no --forgetting-factor is given): the past's weight halves
-#: every day of event time. Measured on simulated streams (see the README): change it here.
-DEFAULT_FORGETTING_HALF_LIFE_SECONDS = 86_400.0
+#: every hour of event time. Measured on simulated streams (see the README): change it here.
+DEFAULT_FORGETTING_HALF_LIFE_SECONDS = 3_600.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class UpdateConfig:
     """
 
     trainer: str = DEFAULT_TRAINER
-    penalty: float = 10.0
+    penalty: float = 3.0
     forgetting_factor: Optional[float] = None
     hessian: str = "diagonal"
     minibatch_seconds: float = 60.0
