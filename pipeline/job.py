@@ -224,9 +224,22 @@ def disable_local_state_cache() -> None:
     worker_handlers.STATE_CACHE_SIZE_MB = 0
 
 
+def choose_local_runner(options: PipelineOptions) -> None:
+    """Make the default local runner explicit: with no ``--runner`` (or ``DirectRunner``) the job runs
+    on Beam's Python runners, ``FnApiRunner`` (``BundleBasedDirectRunner`` for Pub/Sub, which the
+    former cannot read). Beam's DirectRunner would first try Prism, a binary it downloads at run time:
+    where the download works the job would silently run on another runner. ``--runner=PrismRunner``
+    still chooses Prism."""
+    standard = options.view_as(StandardOptions)
+    if standard.runner in (None, "DirectRunner", "direct"):
+        pubsub = bool(options.view_as(LambdaLearnerOptions).input_subscription)
+        standard.runner = "BundleBasedDirectRunner" if pubsub else "FnApiRunner"
+
+
 def run(options: PipelineOptions, wait: bool = True):
     """Check the inputs (unless it is a dry run), build and run the job; return (result, paths, seconds)."""
     started = time.time()
+    choose_local_runner(options)
     dry_run = options.view_as(TestOptions).dry_run
     if not dry_run:
         check_inputs(options.view_as(LambdaLearnerOptions))

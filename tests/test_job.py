@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+from apache_beam.options.pipeline_options import StandardOptions
 
 from jobutil import make_inputs, read_avro_dir, run_job, snapshot, updates_by_entity
 from lambda_core import INTERCEPT
@@ -362,3 +363,28 @@ def test_our_packages_do_not_import_deserializers_that_run_code():
                 elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("eval", "exec"):
                     names = [node.func.id]
                 assert not set(names) & (banned | {"eval", "exec"}), f"{path}:{node.lineno} uses {names}"
+
+
+def test_the_default_local_runner_is_explicit_and_never_prism(batch_run, tmp_path, monkeypatch):
+    """Beam's DirectRunner tries Prism first (a binary it downloads at run time) and falls back when it
+    cannot: the job names Beam's Python runner itself, so what runs does not depend on the network."""
+    from apache_beam.runners.portability import prism_runner
+
+    from pipeline.job import choose_local_runner
+    from pipeline.options import parse_options
+
+    tried = []
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", lambda *a, **k: tried.append(a))
+    _, inputs, _ = batch_run
+    run_job(inputs, tmp_path / "out", "--streaming")
+    assert not tried
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["runner"] == "FnApiRunner" and summary["streaming"] is True
+    base = ["--output", "o", "--entity-field", "u", "--timestamp-field", "t"]
+    for argv, runner in ((["--input", "x.jsonl"], "FnApiRunner"),
+                         (["--input", "x.jsonl", "--runner", "DirectRunner"], "FnApiRunner"),
+                         (["--input-subscription", "projects/p/subscriptions/s"], "BundleBasedDirectRunner"),
+                         (["--input", "x.jsonl", "--runner", "PrismRunner"], "PrismRunner")):
+        options = parse_options(argv + base)
+        choose_local_runner(options)
+        assert options.view_as(StandardOptions).runner == runner, argv
