@@ -78,6 +78,9 @@ def parse_options(argv: List[str]) -> PipelineOptions:
         raise UsageError(f"unknown flag(s) {' '.join(unknown)}; see python -m pipeline --help.")
     options = PipelineOptions(argv)
     validate(options)
+    from .flink import apply_defaults  # FlinkRunner: the cached job server and its Flink minor
+
+    apply_defaults(options, argv)
     return options
 
 

@@ -1,0 +1,96 @@
+"""Running the job on Apache Flink: the versions, where ``make flink-jar`` caches what Flink needs,
+and the Flink flags a ``--runner=FlinkRunner`` command line gets when the user does not give them.
+
+Beam's Python FlinkRunner starts a Java job server (``java -jar <job-server jar>``) that translates
+the pipeline for Flink, either into an embedded MiniCluster (``--flink_master=[local]``) or onto a
+running cluster (``--flink_master=host:port``). Beam downloads that jar by URL, which the machines
+here cannot; ``make flink-jar`` builds it from Maven instead (``flink/job-server/pom.xml``) and
+unpacks the Flink distribution of the same minor from PyPI for ``flink/cluster.sh``.
+
+    python -m pipeline.flink env     # shell assignments of the versions and paths, for the scripts
+"""
+
+import os
+import sys
+from typing import Dict, List
+
+# The newest Beam release whose Flink runner module resolves from Maven with all its dependencies
+# (no release's shaded job-server jar is served); its Flink minor and the exact Flink patch release
+# it is built against, which the standalone cluster uses too (the cluster and the runner must share it).
+JOB_SERVER_BEAM_VERSION = "2.62.0"
+FLINK_MINOR = "1.19"
+FLINK_VERSION = "1.19.0"
+
+
+def cache_dir() -> str:
+    """Where ``make flink-jar`` puts the job server and the Flink distribution."""
+    base = os.environ.get("LAMBDA_LEARNER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lambda-learner")
+    return os.path.join(base, "flink")
+
+
+def job_server_jar() -> str:
+    return os.path.join(cache_dir(), f"beam-runners-flink-{FLINK_MINOR}-job-server-{JOB_SERVER_BEAM_VERSION}.jar")
+
+
+def flink_home() -> str:
+    """The unpacked ``apache-flink`` + ``apache-flink-libraries`` wheels: bin/, conf/, lib/."""
+    return os.path.join(cache_dir(), f"flink-{FLINK_VERSION}", "pyflink")
+
+
+def paths() -> Dict[str, str]:
+    return {
+        "JOB_SERVER_BEAM_VERSION": JOB_SERVER_BEAM_VERSION,
+        "FLINK_MINOR": FLINK_MINOR,
+        "FLINK_VERSION": FLINK_VERSION,
+        "FLINK_CACHE": cache_dir(),
+        "JOB_SERVER_JAR": job_server_jar(),
+        "FLINK_HOME": flink_home(),
+    }
+
+
+def _given(flags: List[str], name: str) -> bool:
+    return any(f == name or f.startswith(name + "=") for f in flags)
+
+
+def apply_defaults(options, flags: List[str]) -> None:
+    """For ``--runner=FlinkRunner`` without a job endpoint: use the cached job server and its Flink minor.
+
+    ``flags`` is the command line, to tell a flag the user gave from Beam's default (2.2 for
+    ``--flink_version``). A user who passes ``--flink_job_server_jar`` gets exactly what they asked.
+    """
+    # Imported here: `python -m pipeline.flink env` (flink/fetch.sh) needs no Beam.
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions, StandardOptions
+
+    from .options import UsageError
+
+    runner = options.view_as(StandardOptions).runner or ""
+    if runner.split(".")[-1].lower() not in ("flinkrunner", "flink"):
+        return
+    if options.view_as(PortableOptions).job_endpoint:
+        return
+    flink = options.view_as(FlinkRunnerOptions)
+    if flink.flink_job_server_jar:
+        return
+    if _given(flags, "--flink_version") and flink.flink_version != FLINK_MINOR:
+        raise UsageError(f"--flink_version {flink.flink_version}: the job server `make flink-jar` caches is for "
+                         f"Flink {FLINK_MINOR}; pass --flink_job_server_jar for another minor.")
+    jar = job_server_jar()
+    if not os.path.exists(jar):
+        raise UsageError(f"no Flink job server at {jar}; run `make flink-jar` first "
+                         "(or pass --flink_job_server_jar).")
+    flink.flink_job_server_jar = jar
+    flink.flink_version = FLINK_MINOR
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv != ["env"]:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        return 2
+    for name, value in paths().items():
+        print(f"{name}='{value}'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
