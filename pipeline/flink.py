@@ -14,12 +14,37 @@ import os
 import sys
 from typing import Dict, List
 
+from apache_beam.options.pipeline_options import PipelineOptions
+
 # The newest Beam release whose Flink runner module resolves from Maven with all its dependencies
 # (no release's shaded job-server jar is served); its Flink minor and the exact Flink patch release
 # it is built against, which the standalone cluster uses too (the cluster and the runner must share it).
 JOB_SERVER_BEAM_VERSION = "2.62.0"
 FLINK_MINOR = "1.19"
 FLINK_VERSION = "1.19.0"
+
+
+class FlinkJobServerOptions(PipelineOptions):
+    """Options of Beam's Java Flink runner that Python does not declare, for fault tolerance.
+
+    Beam's PortableRunner passes any option the job server describes; ``python -m pipeline``
+    rejects flags it does not know, so the ones this job documents are declared here (the Java
+    names in snake case). Unset ones are not sent: the job server keeps its defaults.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add = parser.add_argument
+        add("--checkpointing_interval", type=int, default=None,
+            help="Flink: milliseconds between checkpoints (default: no checkpoints)")
+        add("--savepoint_path", default=None, help="Flink: start the job from this savepoint")
+        add("--allow_non_restored_state", action="store_true", default=None,
+            help="Flink: start from a savepoint that holds state of steps the job no longer has")
+        add("--retain_externalized_checkpoints_on_cancellation", action="store_true", default=None,
+            help="Flink: keep the last checkpoint when the job is cancelled")
+        add("--number_of_execution_retries", type=int, default=None,
+            help="Flink: restarts after a failure (-1: Flink's restart strategy)")
+        add("--execution_retry_delay", type=int, default=None, help="Flink: milliseconds before a restart")
 
 
 def cache_dir() -> str:
@@ -58,7 +83,6 @@ def apply_defaults(options, flags: List[str]) -> None:
     ``flags`` is the command line, to tell a flag the user gave from Beam's default (2.2 for
     ``--flink_version``). A user who passes ``--flink_job_server_jar`` gets exactly what they asked.
     """
-    # Imported here: `python -m pipeline.flink env` (flink/fetch.sh) needs no Beam.
     from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions, StandardOptions
 
     from .options import UsageError

@@ -7,6 +7,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from transforms.update import HESSIANS, TRAINERS, UpdateConfig
 
+from . import flink  # declares the Flink runner's fault-tolerance flags; FlinkRunner defaults
+
 
 class UsageError(Exception):
     """A mistake in the command line: reported as one line on stderr with exit code 2."""
@@ -78,9 +80,7 @@ def parse_options(argv: List[str]) -> PipelineOptions:
         raise UsageError(f"unknown flag(s) {' '.join(unknown)}; see python -m pipeline --help.")
     options = PipelineOptions(argv)
     validate(options)
-    from .flink import apply_defaults  # FlinkRunner: the cached job server and its Flink minor
-
-    apply_defaults(options, argv)
+    flink.apply_defaults(options, argv)  # FlinkRunner: the cached job server and its Flink minor
     return options
 
 
