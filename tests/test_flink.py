@@ -150,3 +150,11 @@ def test_flink_fault_tolerance_flags_are_accepted_and_unset_ones_are_not_sent():
     sent = options.get_all_options()
     assert (sent["checkpointing_interval"], sent["savepoint_path"]) == (2000, "/sp")
     assert sent["execution_retry_delay"] is None  # None is dropped by the PortableRunner's encoder
+
+
+def test_dockerfile_base_image_is_the_pinned_beam_sdk():
+    import re
+
+    pinned = re.search(r'BEAM_VERSION = "([^"]+)"', open(os.path.join(ROOT, "setup.py")).read()).group(1)
+    base = re.search(r"^FROM (\S+)", open(os.path.join(ROOT, "Dockerfile")).read(), re.M).group(1)
+    assert base == f"apache/beam_python3.11_sdk:{pinned}"
