@@ -40,7 +40,8 @@ def main(argv=None):
     # The floor job is plain Beam, without our flag defaults: give it the cached jar explicitly.
     flink_args = ["--runner=FlinkRunner", "--flink_master=[local]", "--environment_type=LOOPBACK"]
     floor_flink_args = flink_args + [f"--flink_job_server_jar={flink.job_server_jar()}",
-                                      f"--flink_version={flink.FLINK_MINOR}"]
+                                      f"--flink_version={flink.FLINK_MINOR}"] + [
+        f"--job_server_jvm_property={flag}" for flag in flink.JAVA_17_OPENS]
     work = tempfile.mkdtemp(prefix="bench-flink-")
     try:
         data = os.path.join(work, "examples.jsonl")

@@ -47,6 +47,14 @@ class FlinkJobServerOptions(PipelineOptions):
         add("--execution_retry_delay", type=int, default=None, help="Flink: milliseconds before a restart")
 
 
+# Flink 1.19 on Java 17 reflects into JDK classes (its Kryo fallback serializer, for one): the
+# distribution's launch scripts open these packages, a plain `java -jar` job server must too, or an
+# embedded job fails with "module java.base does not "opens java.util" to unnamed module".
+JAVA_17_OPENS = tuple(f"--add-opens=java.base/{package}=ALL-UNNAMED" for package in (
+    "java.lang", "java.lang.reflect", "java.io", "java.net", "java.nio", "sun.nio.ch", "java.text", "java.time",
+    "java.util", "java.util.concurrent", "java.util.concurrent.atomic", "java.util.concurrent.locks"))
+
+
 def cache_dir() -> str:
     """Where ``make flink-jar`` puts the job server and the Flink distribution."""
     base = os.environ.get("LAMBDA_LEARNER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lambda-learner")
@@ -78,12 +86,14 @@ def _given(flags: List[str], name: str) -> bool:
 
 
 def apply_defaults(options, flags: List[str]) -> None:
-    """For ``--runner=FlinkRunner`` without a job endpoint: use the cached job server and its Flink minor.
+    """For ``--runner=FlinkRunner`` without a job endpoint: use the cached job server and its Flink
+    minor, and start it with the JVM flags Flink needs on Java 17.
 
     ``flags`` is the command line, to tell a flag the user gave from Beam's default (2.2 for
     ``--flink_version``). A user who passes ``--flink_job_server_jar`` gets exactly what they asked.
     """
-    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions, StandardOptions
+    from apache_beam.options.pipeline_options import (FlinkRunnerOptions, JobServerOptions, PortableOptions,
+                                                      StandardOptions)
 
     from .options import UsageError
 
@@ -104,6 +114,9 @@ def apply_defaults(options, flags: List[str]) -> None:
                          "(or pass --flink_job_server_jar).")
     flink.flink_job_server_jar = jar
     flink.flink_version = FLINK_MINOR
+    jvm = options.view_as(JobServerOptions)
+    jvm.job_server_jvm_properties = list(jvm.job_server_jvm_properties or []) + [
+        flag for flag in JAVA_17_OPENS if flag not in (jvm.job_server_jvm_properties or [])]
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from apache_beam.options.pipeline_options import FlinkRunnerOptions, JobServerOptions
 
 from jobutil import make_inputs, run_job, snapshot, updates_by_entity
 from pipeline import flink
@@ -120,8 +121,6 @@ BASE = ["--input", "x.jsonl", "--output", "out", "--entity-field", "u", "--times
 
 
 def flink_options(*extra):
-    from apache_beam.options.pipeline_options import FlinkRunnerOptions
-
     return parse_options(BASE + list(extra)).view_as(FlinkRunnerOptions)
 
 
@@ -133,6 +132,7 @@ def test_flink_runner_gets_the_cached_job_server_and_its_flink_minor(tmp_path, m
     open(flink.job_server_jar(), "wb").close()
     o = flink_options("--runner=FlinkRunner", "--flink_master=[local]")
     assert (o.flink_job_server_jar, o.flink_version) == (flink.job_server_jar(), flink.FLINK_MINOR)
+    assert "--add-opens=java.base/java.util=ALL-UNNAMED" in o.view_as(JobServerOptions).job_server_jvm_properties
     assert flink_options("--runner=FlinkRunner", f"--flink_version={flink.FLINK_MINOR}").flink_version == "1.19"
     # What the user passes wins; a minor the cached jar is not for is an error, not a silent switch.
     mine = flink_options("--runner=FlinkRunner", "--flink_job_server_jar=/x.jar", "--flink_version=2.0")
