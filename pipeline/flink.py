@@ -45,6 +45,9 @@ class FlinkJobServerOptions(PipelineOptions):
         add("--number_of_execution_retries", type=int, default=None,
             help="Flink: restarts after a failure (-1: Flink's restart strategy)")
         add("--execution_retry_delay", type=int, default=None, help="Flink: milliseconds before a restart")
+        add("--shutdown_sources_after_idle_ms", type=int, default=None,
+            help="Flink: stop a finished source after this long (with checkpointing Beam's default is never, "
+                 "which holds back the watermark of every step downstream of it)")
 
 
 # Flink 1.19 on Java 17 reflects into JDK classes (its Kryo fallback serializer, for one): the
@@ -95,7 +98,7 @@ def apply_defaults(options, flags: List[str]) -> None:
     from apache_beam.options.pipeline_options import (FlinkRunnerOptions, JobServerOptions, PortableOptions,
                                                       StandardOptions)
 
-    from .options import UsageError
+    from .options import LambdaLearnerOptions, UsageError
 
     runner = options.view_as(StandardOptions).runner or ""
     if runner.split(".")[-1].lower() not in ("flinkrunner", "flink"):
@@ -108,6 +111,11 @@ def apply_defaults(options, flags: List[str]) -> None:
     if _given(flags, "--flink_version") and flink.flink_version != FLINK_MINOR:
         raise UsageError(f"--flink_version {flink.flink_version}: the job server `make flink-jar` caches is for "
                          f"Flink {FLINK_MINOR}; pass --flink_job_server_jar for another minor.")
+    if options.view_as(LambdaLearnerOptions).watch:
+        raise UsageError(f"--watch does not work on Flink with the Beam {JOB_SERVER_BEAM_VERSION} job server: its "
+                         "portable runner does not run Python's file watch as a streaming source (no file "
+                         "is read while the job runs, or none after the first poll); see the README, "
+                         "\"Run on Flink\". Use a bounded --input, or pass --flink_job_server_jar of a newer Beam.")
     jar = job_server_jar()
     if not os.path.exists(jar):
         raise UsageError(f"no Flink job server at {jar}; run `make flink-jar` first "

@@ -139,6 +139,9 @@ def test_flink_runner_gets_the_cached_job_server_and_its_flink_minor(tmp_path, m
     assert (mine.flink_job_server_jar, mine.flink_version) == ("/x.jar", "2.0")
     with pytest.raises(UsageError, match="--flink_version 2.2"):
         flink_options("--runner=FlinkRunner", "--flink_version=2.2")
+    # A watched directory is not read on this Flink (see the README): refused, not silently unread.
+    with pytest.raises(UsageError, match="--watch does not work on Flink"):
+        flink_options("--runner=FlinkRunner", "--watch")
     # Other runners, and a FlinkRunner talking to a job server someone else started, are left alone.
     assert flink_options("--runner=DirectRunner").flink_job_server_jar is None
     assert flink_options("--runner=FlinkRunner", "--job_endpoint=localhost:8099").flink_job_server_jar is None
