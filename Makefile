@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 EXTRAS ?= test
 
-.PHONY: test demo bench clean venv
+.PHONY: test demo bench clean venv flink-jar
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ venv: $(VENV)/.installed-$(EXTRAS)
 
 # Tests need the test extras (the lambda-learner oracle) and the gcp extra (the Dataflow dry run).
 test: $(VENV)/.installed-test,gcp
+	$(MAKE) --no-print-directory flink-jar EXTRAS=test,gcp
 	$(PY) -m pytest -q --doctest-modules lambda_core transforms tests
+
+# Beam's Flink job server (built by Maven) and the Flink distribution (PyPI), fetched once into
+# ~/.cache/lambda-learner/flink; see flink/fetch.sh and the README, "Run on Flink".
+flink-jar: $(VENV)/.installed-$(EXTRAS)
+	bash flink/fetch.sh $(PY)
 
 demo: $(VENV)/.installed-demo
 	$(PY) -m pipeline.demo

@@ -8,6 +8,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from lambda_core import FORGETTING_TARGETS, TRAINERS
 from transforms.update import FORGETTING_CLOCKS, HESSIANS, UpdateConfig
 
+from . import flink  # declares the Flink runner's fault-tolerance flags; FlinkRunner defaults
+
 
 class UsageError(Exception):
     """A mistake in the command line: reported as one line on stderr with exit code 2."""
@@ -105,6 +107,7 @@ def parse_options(argv: List[str]) -> PipelineOptions:
         raise UsageError(f"unknown flag(s) {' '.join(unknown)}; see python -m pipeline --help.")
     options = PipelineOptions(argv)
     validate(options)
+    flink.apply_defaults(options, argv)  # FlinkRunner: the cached job server and its Flink minor
     return options
 
 
