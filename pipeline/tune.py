@@ -171,19 +171,20 @@ def format_report(report: Dict[str, Any]) -> str:
     def fmt(v):
         return "   n/a" if v is None else f"{v:.4f}"
 
+    width = max(len("setting"), *(len(" ".join(_flags(r["setting"]))) for r in report["results"])) + 2
     split = report["split_ms"]
     when = "the end" if split is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(split / 1000))
     lines = [f"Ranked by progressive log loss on the selection slice (events before {when}); "
              f"'later' is the slice after it, not used to rank.",
-             f"  {'setting':<40}{'logloss sel':>12}{'AUC sel':>9}{'logloss later':>15}{'AUC later':>11}"]
+             f"  {'setting':<{width}}{'logloss sel':>12}{'AUC sel':>9}{'logloss later':>15}{'AUC later':>11}"]
     for r in report["results"]:
         later = r["later"] or {}
-        lines.append(f"  {' '.join(_flags(r['setting'])):<40}{fmt(r['selection']['log_loss_with_random_effects']):>12}"
+        lines.append(f"  {' '.join(_flags(r['setting'])):<{width}}{fmt(r['selection']['log_loss_with_random_effects']):>12}"
                      f"{fmt(r['selection']['auc_with_random_effects']):>9}"
                      f"{fmt(later.get('log_loss_with_random_effects')):>15}{fmt(later.get('auc_with_random_effects')):>11}")
     best = report["results"][0]
     offset = best["selection"]["log_loss_offset_only"]
-    lines.append(f"  {'(offset only)':<40}{fmt(offset):>12}{fmt(best['selection']['auc_offset_only']):>9}"
+    lines.append(f"  {'(offset only)':<{width}}{fmt(offset):>12}{fmt(best['selection']['auc_offset_only']):>9}"
                  f"{fmt((best['later'] or {}).get('log_loss_offset_only')):>15}"
                  f"{fmt((best['later'] or {}).get('auc_offset_only')):>11}")
     flags = [a for a in report["job_flags"]]
