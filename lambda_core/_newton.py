@@ -348,6 +348,7 @@ class NewtonSolver:
         else:
             self.prior_diag, self.prior_matrix = None, self.prior.hessian_matrix()
         self.design = DesignMatrix(X, self.columns, allow_sparse=diagonal_prior)
+        self._positive_prior = self.prior_diag is not None and bool((self.prior_diag > 0).all())
 
     # ----- the objective -----------------------------------------------------------------------
     def evaluate(self, t: np.ndarray):
@@ -385,16 +386,14 @@ class NewtonSolver:
         prior ``H >= R``, so the decrement ``g' H^-1 g`` is at most ``g' R^-1 g``. Once Newton has
         converged that bound is tiny too, and the last (most accurate, so dearest) solve is skipped;
         the result is the same, as that solve would only have confirmed convergence."""
-        r = self.prior_diag
-        if r is None or not (r > 0).all():
+        if not self._positive_prior:
             return False
-        return float(g @ (g / r)) <= tolerance * max(1.0, abs(f))
+        return float(g @ (g / self.prior_diag)) <= tolerance * max(1.0, abs(f))
 
     def small_applies(self) -> bool:
         """Whether the plain-Python solver takes this problem (see the module docstring)."""
         n, k = self.design.shape
-        return (self.prior_diag is not None and self.design.dense and n * k <= SMALL_MAX_ENTRIES_FROM_ARRAYS
-                and bool((self.prior_diag > 0).all()))
+        return self._positive_prior and self.design.dense and n * k <= SMALL_MAX_ENTRIES_FROM_ARRAYS
 
     def solve_small(self, max_iterations: int, tolerance: float) -> Solution:
         """``solve`` by ``newton_small`` on the rows of the (dense, small) active design matrix."""
