@@ -23,7 +23,8 @@ and ``finalize`` (the Hessian kept per ``HessianType``). Only the inner solve va
 
 The plain-Python solver for tiny problems (``_small.py``) runs the same iteration on lists; ``solve``
 hands a problem to it under the same rule as the job's update (``small_applies``: a diagonal prior,
-positive on every active column, and at most ``SMALL_MAX_ENTRIES`` examples x active columns), where
+positive on every active column, and at most ``SMALL_MAX_ENTRIES_FROM_ARRAYS`` examples x active
+columns, lower than the job's ``SMALL_MAX_ENTRIES`` because the matrix must first become lists), where
 numpy's per-call overhead would cost more than the arithmetic.
 """
 
@@ -55,9 +56,12 @@ _WIDE_MIN_COLUMNS = 256
 _LOW_RANK_MAX_RATIO = 1e4
 _ARMIJO = 1e-4
 _MAX_HALVINGS = 60
-# Up to about this many (examples x active columns), plain Python beats numpy's per-call overhead
-# (measured with benchmarks/bench_small.py and bench_core.py: see the README).
+# Up to about this many (examples x active columns), plain Python beats numpy's per-call overhead:
+# for the job's update, whose rows arrive as lists (measured with benchmarks/bench_small.py), and
+# for the trainer classes, which first turn their matrix into lists (measured on random problems of
+# 3 to 48 entries: faster up to ~24, slower from ~36). See the README.
 SMALL_MAX_ENTRIES = 100
+SMALL_MAX_ENTRIES_FROM_ARRAYS = 30
 
 CONVERGED, ITERATION_LIMIT, FAILED = 0, 1, 2
 
@@ -344,6 +348,7 @@ class NewtonSolver:
         else:
             self.prior_diag, self.prior_matrix = None, self.prior.hessian_matrix()
         self.design = DesignMatrix(X, self.columns, allow_sparse=diagonal_prior)
+        self._positive_prior = self.prior_diag is not None and bool((self.prior_diag > 0).all())
 
     # ----- the objective -----------------------------------------------------------------------
     def evaluate(self, t: np.ndarray):
@@ -381,16 +386,14 @@ class NewtonSolver:
         prior ``H >= R``, so the decrement ``g' H^-1 g`` is at most ``g' R^-1 g``. Once Newton has
         converged that bound is tiny too, and the last (most accurate, so dearest) solve is skipped;
         the result is the same, as that solve would only have confirmed convergence."""
-        r = self.prior_diag
-        if r is None or not (r > 0).all():
+        if not self._positive_prior:
             return False
-        return float(g @ (g / r)) <= tolerance * max(1.0, abs(f))
+        return float(g @ (g / self.prior_diag)) <= tolerance * max(1.0, abs(f))
 
     def small_applies(self) -> bool:
         """Whether the plain-Python solver takes this problem (see the module docstring)."""
         n, k = self.design.shape
-        return (self.prior_diag is not None and self.design.dense and n * k <= SMALL_MAX_ENTRIES
-                and bool((self.prior_diag > 0).all()))
+        return self._positive_prior and self.design.dense and n * k <= SMALL_MAX_ENTRIES_FROM_ARRAYS
 
     def solve_small(self, max_iterations: int, tolerance: float) -> Solution:
         """``solve`` by ``newton_small`` on the rows of the (dense, small) active design matrix."""
@@ -398,10 +401,14 @@ class NewtonSolver:
 
         X = self.design.X
         n, k = X.shape
-        rows = []
-        for row in X:
-            nz = np.flatnonzero(row)
-            rows.append(list(zip(nz.tolist(), row[nz].tolist())))
+        # Rows as (column, value) pairs, from one nonzero scan (row-major, so each row's pairs are consecutive).
+        where, cols = np.nonzero(X)
+        pairs = list(zip(cols.tolist(), X[where, cols].tolist()))
+        ends = np.cumsum(np.bincount(where, minlength=n)).tolist()
+        rows, start = [], 0
+        for end in ends:
+            rows.append(pairs[start:end])
+            start = end
         prior = self.active_prior
         ridge = prior.ridge.tolist() if np.ndim(prior.ridge) else [float(prior.ridge)] * k
         found = newton_small(rows, self.y.tolist(), self.w.tolist(), self.offsets.tolist(), prior.center.tolist(),

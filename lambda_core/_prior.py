@@ -62,7 +62,7 @@ class QuadraticPrior:
     """``Q(theta)`` above. ``precision`` is a diagonal vector or None, ``matrix`` a full precision or
     None (exactly one is given); ``ridge`` a number or a vector; ``anchor`` a vector or None (zero)."""
 
-    __slots__ = ("center", "precision", "matrix", "scale", "ridge", "anchor")
+    __slots__ = ("center", "precision", "matrix", "scale", "ridge", "anchor", "_scalar_ridge")
 
     def __init__(self, center: np.ndarray, precision: Optional[np.ndarray], matrix: Optional[np.ndarray],
                  scale: float, ridge, anchor: Optional[np.ndarray] = None):
@@ -72,6 +72,7 @@ class QuadraticPrior:
         self.scale = float(scale)
         self.ridge = ridge
         self.anchor = anchor
+        self._scalar_ridge = np.ndim(ridge) == 0
 
     # ----- construction ------------------------------------------------------------------------
     @classmethod
@@ -120,7 +121,7 @@ class QuadraticPrior:
         """``Q(theta)``."""
         rdev = self._ridge_dev(theta)
         ridge = self.ridge
-        value = 0.5 * ridge * float(rdev @ rdev) if np.ndim(ridge) == 0 else 0.5 * float(rdev @ (ridge * rdev))
+        value = 0.5 * ridge * float(rdev @ rdev) if self._scalar_ridge else 0.5 * float(rdev @ (ridge * rdev))
         if self.scale:
             dev = theta - self.center
             pdev = dev * self.precision if self.matrix is None else self.matrix @ dev

@@ -55,10 +55,10 @@ def trainer_spec(name: str) -> TrainerSpec:
 
     >>> trainer_spec("sequential_bayesian_poisson").model_class
     'com.linkedin.photon.ml.supervised.regression.PoissonRegressionModel'
-    >>> trainer_spec("linear")
+    >>> trainer_spec("linear")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: trainer 'linear' is memoryless (each update would refit only its own mini-batch); use 'sequential_bayesian_linear', which learns incrementally.
+    ValueError: trainer 'linear' is memoryless (...); use 'sequential_bayesian_linear', which learns incrementally.
     """
     spec = TRAINERS.get(name)
     if spec is not None:

@@ -17,7 +17,8 @@ import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from ._loss import LossFamily
-from ._newton import _ARMIJO, _LOW_RANK_MAX_RATIO, _MAX_HALVINGS, CONVERGED, FAILED, ITERATION_LIMIT, line_search_exhausted
+from ._newton import (_ARMIJO, _LOW_RANK_MAX_RATIO, _MAX_HALVINGS, CONVERGED, FAILED, ITERATION_LIMIT,
+                      line_search_exhausted)
 
 _sqrt, _isfinite = math.sqrt, math.isfinite
 

@@ -2,10 +2,11 @@
 
 ``update_entity`` takes the entity's current posterior (means, precisions), the mini-batch as sparse
 rows over the entity's columns, a loss family and the forgetting factor, and returns the new
-posterior. It chooses between two implementations of the same Newton iteration (``_newton.SMALL_MAX_ENTRIES``
-is the rule, the same as the trainers'): the plain-Python solver of ``_small.py`` for tiny problems with a diagonal prior,
-where numpy's per-call overhead would dominate, and ``NewtonSolver`` for everything else. Both see
-the same ``QuadraticPrior``; the tests hold them equal to 1e-12.
+posterior. It chooses between two implementations of the same Newton iteration
+(``_newton.SMALL_MAX_ENTRIES`` is the rule, the same as the trainers'): the plain-Python solver of
+``_small.py`` for tiny problems with a diagonal prior, where numpy's per-call overhead would
+dominate, and ``NewtonSolver`` for everything else. Both see the same ``QuadraticPrior``; the tests
+hold them equal to 1e-12.
 """
 
 import time

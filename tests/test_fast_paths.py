@@ -241,7 +241,7 @@ def test_small_path_declines_what_it_does_not_cover():
 def test_newton_small_takes_the_trainers_steps(monkeypatch):
     # One Newton step, and the full solve, from the same start: the same iterate as the trainer's
     # numpy iteration (which would hand these tiny problems to newton_small itself).
-    monkeypatch.setattr(lambda_core._newton, "SMALL_MAX_ENTRIES", 0)
+    monkeypatch.setattr(lambda_core._newton, "SMALL_MAX_ENTRIES_FROM_ARRAYS", 0)
     rng = np.random.default_rng(5)
     for trial in range(40):
         n, k = int(rng.integers(1, 8)), int(rng.integers(2, 9))
@@ -328,7 +328,7 @@ def test_trainer_classes_hand_tiny_problems_to_the_plain_python_solver_with_the_
     rng = np.random.default_rng(len(trainer) + hessian.value)
     cls = TRAINERS[trainer].trainer_class
     for trial in range(30):
-        n, d = int(rng.integers(1, 9)), int(rng.integers(2, 10))
+        n, d = int(rng.integers(1, 5)), int(rng.integers(2, 8))  # at most SMALL_MAX_ENTRIES_FROM_ARRAYS
         X = rng.normal(size=(n, d)) * (rng.random(size=(n, d)) < 0.6)
         X[:, 0] = 1.0
         y = np.array([_random_label(rng, trainer) for _ in range(n)])
@@ -340,7 +340,7 @@ def test_trainer_classes_hand_tiny_problems_to_the_plain_python_solver_with_the_
         model, loss, meta = cls(**kwargs).train()
         assert set(meta["inner_solves"]) <= {"plain-python"}
         with monkeypatch.context() as patched:
-            patched.setattr(lambda_core._newton, "SMALL_MAX_ENTRIES", 0)
+            patched.setattr(lambda_core._newton, "SMALL_MAX_ENTRIES_FROM_ARRAYS", 0)
             ref_model, ref_loss, ref_meta = cls(**kwargs).train()
         assert "plain-python" not in ref_meta["inner_solves"]
         assert (meta["warnflag"], meta["nit"], meta["funcalls"]) == (ref_meta["warnflag"], ref_meta["nit"],
