@@ -61,6 +61,7 @@ class Candidate:
     diffusion_per_hour: float = 0.0
     minibatch_seconds: float = 60.0
     cold_prior: str = "penalty"
+    hessian: str = "diagonal"
 
     def label(self) -> str:
         parts = [f"penalty {self.penalty:g}"]
@@ -74,6 +75,8 @@ class Candidate:
         parts.append(f"{self.minibatch_seconds:g} s")
         if self.cold_prior != "penalty":
             parts.append(f"cold prior {self.cold_prior}")
+        if self.hessian != "diagonal":
+            parts.append(f"{self.hessian} Hessian")
         return ", ".join(parts)
 
 
@@ -119,6 +122,8 @@ def prior_transform(c: Candidate, initial: Dict[str, RandomEffectModel], populat
         if c.rule == "none" or model.window_end_ms <= 0 or end_ms <= model.window_end_ms:
             return model
         elapsed_hours = (end_ms - model.window_end_ms) / HOUR_MS
+        if model.precision_matrix is not None:
+            return transform_matrix(model, entity, elapsed_hours)
         m, p = model.means, model.precisions
         if c.rule == "random-walk":
             return model._replace(precisions=1.0 / (1.0 / p + c.diffusion_per_hour * elapsed_hours))
@@ -136,6 +141,26 @@ def prior_transform(c: Candidate, initial: Dict[str, RandomEffectModel], populat
             return model._replace(means=(f * p * m + (1 - f) * p0 * m0) / p2, precisions=p2)
         raise ValueError(f"unknown rule {c.rule!r}")
 
+    def transform_matrix(model: RandomEffectModel, entity: str, elapsed_hours: float) -> RandomEffectModel:
+        """The same rules on a full precision matrix P (``--hessian full``)."""
+        m, P = model.means, model.precision_matrix
+        eye = np.eye(len(m))
+        if c.rule == "random-walk":
+            P2 = np.linalg.inv(np.linalg.inv(P) + c.diffusion_per_hour * elapsed_hours * eye)
+            P2 = (P2 + P2.T) / 2
+            return model._replace(precisions=np.diagonal(P2).copy(), precision_matrix=P2)
+        f = 0.5 ** (elapsed_hours / c.half_life_hours)
+        if c.rule == "variance":
+            m2, P2 = m, f * P
+        elif c.rule == "zero":
+            P2 = f * P + (1 - f) * c.penalty * eye
+            m2 = np.linalg.solve(P2, f * (P @ m))
+        else:
+            m0, p0 = target(entity, model.feature_names)
+            P2 = f * P + (1 - f) * np.diag(p0)
+            m2 = m if c.rule == "variance-bounded" else np.linalg.solve(P2, f * (P @ m) + (1 - f) * p0 * m0)
+        return model._replace(means=m2, precisions=np.diagonal(P2).copy(), precision_matrix=P2)
+
     return transform
 
 
@@ -149,11 +174,44 @@ def evaluate(job):
     initial = stream.initial_models if with_offline else {}
     population = Population(initial, c.penalty) if (c.cold_prior == "population" and initial) else None
     config = UpdateConfig(penalty=c.penalty, forgetting_factor=c.forgetting_factor,
-                          minibatch_seconds=c.minibatch_seconds)
+                          minibatch_seconds=c.minibatch_seconds, hessian=c.hessian)
     transform = prior_transform(c, initial, population) if (c.rule != "none" or population) else None
     result = bq.replay(stream.examples, initial, config, transform)
     labels = bq.labels_of(stream)
     return bq.log_loss(result.margins, labels), bq.auc(result.margins, labels), result.failures
+
+
+def peers(job):
+    """(stream name, with offline models) -> bench_quality's rows (the peers, best of their grids)."""
+    name, with_offline = job
+    return bq.evaluate_stream(STREAMS[name], with_offline, UpdateConfig(), lambda what: None)
+
+
+def against_peers(best: Candidate, pool, log) -> bool:
+    """The chosen candidate against the best-tuned River and VW, measured in this run, on every stream."""
+    cases = [(s, o) for s in REPORT_ON + CHOOSE_ON for o in (False, True)]
+    rows = dict(zip(cases, pool.map(peers, cases, chunksize=1)))
+    ours = run([best], REPORT_ON + CHOOSE_ON, pool)[best]
+    lines = [f"\n### {best.label()} against the best-tuned peers (measured in this run)\n",
+             "| stream | offline models | River best | VW best | seed defaults | candidate | lead over best peer |",
+             "|---|---|---|---|---|---|---|"]
+    leads = []
+    for case in cases:
+        r = rows[case]
+        peer = min(r["river_best"].log_loss, r["vw_best"].log_loss)
+        lead = peer - ours[case][0]
+        leads.append(lead)
+        lines.append(f"| {case[0]} | {'yes' if case[1] else 'no'} | {r['river_best'].log_loss:.4f} "
+                     f"({r['river_best'].setting}) | {r['vw_best'].log_loss:.4f} ({r['vw_best'].setting}) | "
+                     f"{r['ours'].log_loss:.4f} | {ours[case][0]:.4f} | {lead:+.4f} |")
+    met = all(lead > 0 for lead in leads)
+    lines.append(f"\nTarget {'MET' if met else 'NOT MET'} by the candidate: ahead of the best peer in "
+                 f"{sum(lead > 0 for lead in leads)}/{len(leads)} cases, smallest lead {min(leads):+.4f}.")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    log.write(text + "\n")
+    log.flush()
+    return met
 
 
 def run(candidates: List[Candidate], streams, pool) -> Dict[Candidate, Dict]:
@@ -190,7 +248,11 @@ def show(title: str, results: Dict[Candidate, Dict], streams, top: Optional[int]
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", default="all", choices=["all", "penalty", "forgetting", "cold", "minibatch"])
+    parser.add_argument("--stage", default="all",
+                        choices=["all", "penalty", "forgetting", "cold", "minibatch", "hessian", "peers"])
+    parser.add_argument("--base", default=None,
+                        help="JSON of Candidate fields to start the later stages from, instead of the earlier "
+                             "stages' winner (e.g. when running one stage alone)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--log", default="quality-experiments.md", help="the tables are also written here")
     args = parser.parse_args(argv)
@@ -207,7 +269,7 @@ def main(argv=None) -> int:
             ranked = show(f"{title} [{time.time() - started:.0f}s]", results, streams, top, log)
             return ranked, results
 
-        best = Candidate(penalty=10.0, forgetting_factor=0.8)
+        best = Candidate(**json.loads(args.base)) if args.base else Candidate(penalty=10.0, forgetting_factor=0.8)
         if args.stage in ("all", "penalty"):
             grid = [Candidate(penalty=lam, forgetting_factor=d) for lam in (1.0, 2.0, 3.0, 5.0, 10.0)
                     for d in (0.8, 0.95, 0.99, 1.0)]
@@ -230,11 +292,19 @@ def main(argv=None) -> int:
             grid = [replace(best, minibatch_seconds=s) for s in (10.0, 60.0, 300.0, 600.0, 1800.0)]
             ranked, _ = stage("Mini-batch length", grid)
             best = ranked[0]
+        if args.stage == "hessian":  # slow (the general path on every update), so not part of "all"
+            ranked, _ = stage("Hessian kept between updates", [best, replace(best, hessian="full")])
+            best = ranked[0]
+        if args.stage == "peers":  # only the comparison of --base with the peers
+            against_peers(best, pool, log)
+            log.close()
+            return 0
         # The winner and the seed's defaults on the demo stream, reported after the choice.
         demo = [best, Candidate(penalty=10.0, forgetting_factor=0.8),
                 Candidate(penalty=1.0, forgetting_factor=0.98, minibatch_seconds=600.0)]
         stage("Chosen default vs the seed's defaults and the demo's flags, on the demo stream", demo, REPORT_ON)
         stage("Chosen default vs the seed's defaults, on the streams it was chosen on", demo[:2])
+        against_peers(best, pool, log)
     with open(os.path.splitext(args.log)[0] + ".json", "w") as f:
         json.dump(raw, f, indent=1)
     print(f"\nBest: {best.label()}. quality_experiments took {time.time() - started:.0f}s.")
