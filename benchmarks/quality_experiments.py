@@ -3,7 +3,8 @@ forgetting (the seed's per-update factor against a half-life in event time), whe
 (towards zero, towards the entity's initial model, variance only), the mini-batch length, and a
 cold prior learned from the population of initial models.
 
-    python benchmarks/quality_experiments.py [--stage all|penalty|forgetting|cold|minibatch] [--jobs 2]
+    python benchmarks/quality_experiments.py [--stage all|penalty|forgetting|cold|minibatch|hessian|peers]
+        [--base JSON-of-Candidate-fields] [--jobs 2] [--log bench-output/quality-experiments.md]
 
 Each candidate is run through the job's own update, ``transforms.update.train_minibatch``, with the
 replay of benchmarks/bench_quality.py. A forgetting rule by elapsed event time is prototyped as a
@@ -254,11 +255,13 @@ def main(argv=None) -> int:
                         help="JSON of Candidate fields to start the later stages from, instead of the earlier "
                              "stages' winner (e.g. when running one stage alone)")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--log", default="quality-experiments.md", help="the tables are also written here")
+    parser.add_argument("--log", default=os.path.join("bench-output", "quality-experiments.md"),
+                        help="the tables are also written here (and all the numbers next to it, as .json)")
     args = parser.parse_args(argv)
     started = time.time()
     for name in CHOOSE_ON + REPORT_ON:
         STREAMS[name] = bq.make_stream(name, bq.STREAMS[name])
+    os.makedirs(os.path.dirname(os.path.abspath(args.log)), exist_ok=True)
     log = open(args.log, "w")
     raw = {}
     with get_context("fork").Pool(args.jobs) as pool:
