@@ -34,5 +34,7 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6", "lambda-learner==0.1.0", "matplotlib>=3.5"],
         "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
         "demo": ["matplotlib>=3.5"],
+        # Benchmark-only peers for benchmarks/bench_quality.py: never imported by the library.
+        "bench": ["river==0.26.1", "vowpalwabbit==9.11.9"],
     },
 )

@@ -27,6 +27,8 @@ class StreamConfig:
     initial_model_fraction: float = 0.5
     drift_per_hour: float = 0.25
     seed: int = 2026
+    # Log-odds of a click for an average impression (the global model's bias): lower means rarer clicks.
+    global_bias: float = -1.6
 
 
 @dataclass
@@ -83,7 +85,7 @@ class ClickStream:
         # The global (fixed-effect) model: what everybody shares, trained offline.
         self.global_category = rng.normal(scale=0.4, size=len(CATEGORIES))
         self.global_format = np.array([-0.3, 0.4, 0.1])
-        self.global_bias = -1.6
+        self.global_bias = config.global_bias
 
     def examples(self) -> Iterator[dict]:
         """Every impression as a dict with uid, label, features, offset, weight, userId, timestamp."""

@@ -1,0 +1,70 @@
+"""benchmarks/bench_quality.py measures the job's learner through its own replay of the per-entity
+update: that replay must give exactly the Beam job's models and progressive scores."""
+
+import json
+import os
+import random
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline.simulation import ClickStream, StreamConfig
+from transforms.models import load_models
+from transforms.update import UpdateConfig
+
+from jobutil import run_job
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import bench_quality  # noqa: E402
+
+
+def test_metrics_on_hand_computed_cases():
+    labels = np.array([1.0, 0.0, 1.0, 0.0])
+    assert bench_quality.log_loss(np.zeros(4), labels) == pytest.approx(np.log(2))
+    assert bench_quality.log_loss(np.array([2.0, -1.0, 0.0, 0.0]), labels) == pytest.approx(
+        np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(-1.0)), np.log(2), np.log(2)]))
+    assert bench_quality.auc(np.array([3.0, 1.0, 2.0, 0.0]), labels) == 1.0
+    assert bench_quality.auc(np.array([0.0, 1.0, 2.0, 3.0]), labels) == 0.25
+    assert bench_quality.auc(np.zeros(4), labels) == 0.5
+
+
+def test_minibatches_are_epoch_aligned_intervals_in_time_then_uid_order():
+    from transforms.examples import Example
+    ex = [Example("b", 1_250, "z", 1.0, 1.0, 0.0, ()), Example("a", 999, "y", 0.0, 1.0, 0.0, ()),
+          Example("a", 1_000, "x", 1.0, 1.0, 0.0, ()), Example("a", 500, "w", 0.0, 1.0, 0.0, ()),
+          Example("a", 500, "v", 1.0, 1.0, 0.0, ())]
+    assert bench_quality.minibatches(ex, 1_000) == {"a": [(1_000, [4, 3, 1]), (2_000, [2])], "b": [(2_000, [0])]}
+
+
+def test_replay_equals_the_beam_job(tmp_path):
+    stream = ClickStream(StreamConfig(num_users=30, hours=1.0, impressions_per_user_hour=10.0, seed=21))
+    records = list(stream.examples())
+    initial = list(stream.initial_models())
+    assert initial
+    shuffled = records[:]
+    random.Random(4).shuffle(shuffled)  # the job's result does not depend on the input order
+    (tmp_path / "in").mkdir()
+    with open(tmp_path / "in" / "examples.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in shuffled)
+    with open(tmp_path / "in" / "models.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in initial)
+    config = UpdateConfig(minibatch_seconds=600, max_minibatch_size=2, coordinate="per-user")
+    run_job({"examples": str(tmp_path / "in" / "examples.jsonl"), "models": str(tmp_path / "in" / "models.jsonl")},
+            tmp_path / "out", "--max-minibatch-size", "2", "--coordinate", "per-user", minibatch_seconds=600)
+
+    parsed = bench_quality.make_stream("test", stream.config, config.penalty)
+    ours = bench_quality.replay(parsed.examples, parsed.initial_models, config)
+    assert ours.failures == 0 and ours.updates > len(ours.models)
+    job, _ = load_models(str(tmp_path / "out" / "random-effect" / "per-user"), config.penalty)
+    assert set(job) == set(ours.models) | set(parsed.initial_models)
+    for entity, model in ours.models.items():
+        theirs = dict(zip(job[entity].feature_names, zip(job[entity].means, job[entity].precisions)))
+        assert set(theirs) == set(model.feature_names)
+        for nt, mean, precision in zip(model.feature_names, model.means, model.precisions):
+            assert theirs[nt][0] == pytest.approx(mean, rel=1e-12, abs=1e-12)
+            assert theirs[nt][1] == pytest.approx(precision, rel=1e-12)
+    summary = json.load(open(tmp_path / "out" / "summary.json"))["progressive_validation"]["overall"]
+    labels = bench_quality.labels_of(parsed)
+    assert summary["log_loss_with_random_effects"] == pytest.approx(bench_quality.log_loss(ours.margins, labels),
+                                                                    rel=1e-12)
