@@ -19,7 +19,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_pipeline import timed, write_examples  # noqa: E402
+from benchmarks.bench_pipeline import job_command, timed, write_examples  # noqa: E402
 from pipeline import flink  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,9 +52,7 @@ def main(argv=None):
             extra = ["--streaming"] if mode == "streaming" else []
 
             def ours(runner_args, name):
-                return [sys.executable, "-m", "pipeline", "--input", data, "--output", os.path.join(work, name),
-                        "--entity-field", "entity", "--timestamp-field", "ts", "--minibatch-seconds", "60",
-                        *runner_args, *extra]
+                return job_command(data, os.path.join(work, name), *runner_args, *extra)
 
             cmds = {
                 "direct": ours(["--runner=DirectRunner"], f"direct-{mode}"),

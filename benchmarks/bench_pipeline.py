@@ -98,12 +98,29 @@ def floor_job(argv):
          | beam.ParDo(Buffer()) | beam.io.WriteToText(os.path.join(output, "flushes")))
 
 
-def timed(cmd):
+def job_command(data, output, *extra, module="pipeline"):
+    """``python -m <module>`` (the job, or its replay) on ``write_examples``' data."""
+    return [sys.executable, "-m", module, "--input", data, "--output", output, "--entity-field", "entity",
+            "--timestamp-field", "ts", "--minibatch-seconds", "60", *extra]
+
+
+def run_child(cmd, show_stderr=False):
+    """(wall seconds, peak RSS in MB) of one child process; exits with its stderr if it fails."""
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - started
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=None if show_stderr else err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}\n{stderr[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def timed(cmd):
+    """Wall seconds of one child process."""
+    return run_child(cmd)[0]
 
 
 def main(argv=None):
@@ -127,8 +144,7 @@ def main(argv=None):
             extra = ["--streaming"] if mode == "streaming" else []
             floor_cmd = [sys.executable, os.path.abspath(__file__), "--floor", data, os.path.join(work, f"floor-{mode}"),
                          *extra]
-            ours_cmd = [sys.executable, "-m", "pipeline", "--input", data, "--output", os.path.join(work, f"ours-{mode}"),
-                        "--entity-field", "entity", "--timestamp-field", "ts", "--minibatch-seconds", "60", *extra]
+            ours_cmd = job_command(data, os.path.join(work, f"ours-{mode}"), *extra)
             floors, ours_times, ratios = [], [], []
             for run in range(args.repeat):
                 # Alternate which one goes first, so that a drift in the machine's load hits both alike.

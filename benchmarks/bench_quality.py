@@ -303,7 +303,7 @@ def describe(config: UpdateConfig) -> str:
 
 
 def print_table(results, streams):
-    header = f"| stream | offline models | learner | setting | progressive log loss | AUC | seconds |"
+    header = "| stream | offline models | learner | setting | progressive log loss | AUC | seconds |"
     print(header)
     print("|---|---|---|---|---|---|---|")
     for (stream, with_offline), rows in results.items():

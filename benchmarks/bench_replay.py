@@ -13,16 +13,14 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from bench_pipeline import write_examples  # noqa: E402
+from bench_pipeline import job_command, run_child as run, write_examples  # noqa: E402
 
 
 def write_ordered_examples(path, records, entities, features, minutes, vocabulary=50, seed=0):
@@ -54,20 +52,6 @@ def write_ordered_examples(path, records, entities, features, minutes, vocabular
                 lines.append(json.dumps({"uid": f"e{i}", "entity": f"n{int(users[j])}", "ts": ts,
                                          "label": int(labels[j]), "offset": float(offsets[j]), "features": feats}))
             f.write("\n".join(lines) + "\n")
-
-
-def run(cmd, show_stderr=False):
-    """(wall seconds, peak RSS in MB) of one child process."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=None if show_stderr else err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        err.seek(0)
-        stderr = err.read().decode("utf-8", "replace")
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{stderr[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
 
 
 def snapshot_models(output):
@@ -103,10 +87,9 @@ def main(argv=None):
                 write_examples(data, args.records, args.entities, args.features, args.intervals)
         print(f"{args.records:,} records, {args.entities:,} entities, {args.features} features each, "
               f"{args.intervals} minutes of event time, {args.minibatch_seconds} s mini-batches")
-        common = ["--input", data, "--entity-field", "entity", "--timestamp-field", "ts",
-                  "--minibatch-seconds", args.minibatch_seconds]
-        replay_cmd = [sys.executable, "-m", "pipeline.replay", *common, "--output", os.path.join(work, "replay")]
-        job_cmd = [sys.executable, "-m", "pipeline", *common, "--output", os.path.join(work, "job")]
+        mb = ["--minibatch-seconds", args.minibatch_seconds]  # the later flag wins over job_command's 60 s
+        replay_cmd = job_command(data, os.path.join(work, "replay"), *mb, module="pipeline.replay")
+        job_cmd = job_command(data, os.path.join(work, "job"), *mb)
         if args.replay_only:
             seconds, rss = run(replay_cmd + ["--progress-seconds", "60"], show_stderr=True)
             print(f"replay  {seconds:8.1f}s  {args.records / seconds:10,.0f} records/s  peak RSS {rss:,.0f} MB")
