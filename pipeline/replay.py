@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms import progress
 from transforms.avro_encoding import ModelContainerWriter
 from transforms.examples import DeadLetter, ExampleParser
-from transforms.formats import NOT_JSON, decode_json_line, is_blank, line_text, to_json
+from transforms.formats import is_blank, to_json
 from transforms.io import read_path_records
 from transforms.models import ModelParser, coordinate_dir, model_files, write_snapshot
 from transforms.paths import data_files
@@ -158,12 +158,9 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
         model_parser = ModelParser(o.penalty, o.max_model_coefficients)
         for path in model_files(o.initial_models, bool(models_format)):
             for record in read_path_records(path, models_format):
-                if isinstance(record, (bytes, str)):
-                    if is_blank(record):
-                        continue
-                    value = decode_json_line(record)
-                    record = line_text(record) if value is NOT_JSON else value
-                parsed = record if isinstance(record, DeadLetter) else model_parser.parse(record)
+                parsed = record if isinstance(record, DeadLetter) else model_parser.parse_as_read(record)
+                if parsed is None:  # a blank line
+                    continue
                 if isinstance(parsed, DeadLetter):
                     dead_letter(parsed)
                 else:

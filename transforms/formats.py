@@ -9,7 +9,7 @@ import functools
 import json
 import math
 import os
-from typing import Any, Iterable, Iterator, Optional, Tuple, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import fastavro
 from apache_beam.io.filesystems import FileSystems
@@ -86,21 +86,6 @@ NOT_JSON = object()  # what decode_json_line returns for a line that is not JSON
 def is_blank(line: Union[bytes, str]) -> bool:
     """Whether a JSON-lines line is empty or whitespace: layout, not a record (no copy is made)."""
     return not line or line.isspace()
-
-
-def iter_json_lines(path_or_file) -> Iterator[Tuple[Any, bytes]]:
-    """``(parsed value, raw line)`` for every non-blank line; the value is ``NOT_JSON`` if it is not JSON."""
-    close = False
-    if isinstance(path_or_file, (str, os.PathLike)):
-        path_or_file, close = open_path(os.fspath(path_or_file)), True
-    try:
-        for line in path_or_file:
-            if is_blank(line):
-                continue
-            yield decode_json_line(line), line.rstrip(b"\r\n")
-    finally:
-        if close:
-            path_or_file.close()
 
 
 def decode_json_line(line: Union[bytes, str]) -> Any:

@@ -16,7 +16,8 @@ from lambda_core import INTERCEPT, photon_model_class
 from .examples import PHOTON_INTERCEPT, DeadLetter
 from apache_beam.io.filesystems import FileSystems
 
-from .formats import AVRO, NOT_JSON, detect_format, iter_avro, iter_json_lines, line_text, to_json, write_avro
+from .formats import (AVRO, NOT_JSON, decode_json_line, detect_format, is_blank, iter_avro, line_text, open_path,
+                      to_json, write_avro)
 from .paths import data_files, is_glob, tree
 
 NameTerm = Tuple[str, str]
@@ -93,6 +94,16 @@ class ModelParser:
         except Exception as err:  # an unforeseen record shape must not stop the job
             return DeadLetter(f"model record could not be read ({type(err).__name__}: {err}).", "model",
                               record if isinstance(record, dict) else repr(record), "model")
+
+    def parse_as_read(self, record: Any) -> Union[RandomEffectModel, DeadLetter, None]:
+        """``parse`` of a record as a reader yields it: a dict from Avro, or a JSON line (a line
+        that is not JSON is a dead letter with the line as text); None for a blank line."""
+        if isinstance(record, (bytes, str)):
+            if is_blank(record):
+                return None
+            value = decode_json_line(record)
+            record = line_text(record) if value is NOT_JSON else value
+        return self.parse(record)
 
     def _parse(self, record: Any) -> RandomEffectModel:
         if not isinstance(record, dict):
@@ -180,13 +191,15 @@ def model_files(path: str, any_extension: bool = False) -> List[str]:
 
 
 def read_model_records(path: str, input_format: Optional[str] = None) -> Iterator[Any]:
-    """Every raw model record under ``path`` (see ``model_files``); non-JSON lines come as text."""
+    """Every model record under ``path`` (see ``model_files``) as read: Avro records as dicts, JSON
+    lines as bytes (``ModelParser.parse_as_read`` takes either)."""
     for file in model_files(path, bool(input_format)):
         if detect_format(file, input_format) == AVRO:
             yield from iter_avro(file)
         else:
-            for value, raw in iter_json_lines(file):
-                yield value if value is not NOT_JSON else line_text(raw)
+            with open_path(file) as f:
+                for line in f:
+                    yield line.rstrip(b"\r\n")
 
 
 def _recency(record: dict) -> Tuple[int, int]:
@@ -229,7 +242,9 @@ def load_models(path: str, penalty: float, max_coefficients: int = DEFAULT_MAX_C
     models: Dict[str, RandomEffectModel] = {}
     dead: List[DeadLetter] = []
     for record in read_model_records(path, input_format):
-        parsed = parser.parse(record)
+        parsed = parser.parse_as_read(record)
+        if parsed is None:  # a blank line
+            continue
         if isinstance(parsed, DeadLetter):
             dead.append(parsed)
         else:

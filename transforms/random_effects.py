@@ -19,7 +19,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from . import progress
 from .examples import DeadLetter, ExampleParser
-from .formats import NOT_JSON, decode_json_line, is_blank, line_text
+from .formats import is_blank
 from .models import ModelParser, model_record, newer
 from .state import (
     EXAMPLE_TAG,
@@ -96,12 +96,9 @@ class ParseModelsFn(beam.DoFn):
             count_dead_letter(record)
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record.to_dict())
             return
-        if isinstance(record, (bytes, str)):
-            if is_blank(record):
-                return
-            value = decode_json_line(record)
-            record = line_text(record) if value is NOT_JSON else value
-        parsed = self.parser.parse(record)
+        parsed = self.parser.parse_as_read(record)
+        if parsed is None:  # a blank line
+            return
         if isinstance(parsed, DeadLetter):
             count_dead_letter(parsed)
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, parsed.to_dict())
