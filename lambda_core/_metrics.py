@@ -4,7 +4,6 @@ from math import sqrt
 from typing import Callable, Dict, List
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def auc(y_scores, y_targets) -> float:
@@ -18,6 +17,10 @@ def auc(y_scores, y_targets) -> float:
     n_neg = len(positive) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    # Imported here: scipy.stats takes ~1 s to import, a cost every command (the job, the replay)
+    # would otherwise pay at start-up for a metric only the tutorial's evaluation calls.
+    from scipy.stats import rankdata
+
     ranks = rankdata(scores)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 

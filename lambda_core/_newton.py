@@ -33,7 +33,6 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 from scipy import sparse
-from scipy.linalg import cho_factor, cho_solve
 from scipy.linalg.lapack import dposv as _dposv
 
 try:  # scipy's own CSR kernel, called without ``X @ v``'s ~5 us of Python dispatch per product
@@ -192,9 +191,9 @@ class WoodburySolve(InnerSolve):
         M = solver._gram * s[:, None] * s[None, :]
         M.flat[:: len(s) + 1] += 1.0
         u = g / r
-        try:
-            z = cho_solve(cho_factor(M, lower=True, check_finite=False), s * (design.X @ u), check_finite=False)
-        except (np.linalg.LinAlgError, ValueError):
+        # LAPACK's dposv is dpotrf then dpotrs, as cho_factor then cho_solve, without their Python wrappers.
+        _, z, info = _dposv(M, s * (design.X @ u), lower=1, overwrite_a=True, overwrite_b=True)
+        if info != 0:
             return CHOLESKY.direction(solver, d2, g)
         u -= (s * z) @ solver._xr
         decrement = float(g @ u)

@@ -3,15 +3,20 @@
 Takes the job's own flags (the same option set as ``python -m pipeline``) over the same inputs,
 applies the job's per-entity updates in the same order (``transforms.replay.EntityReplay``), and
 writes the same layout under ``--output``: ``updates/``, the snapshot, ``dead-letter/``,
-``progressive-validation.json`` and ``summary.json``. The models equal the job's bit for bit.
+``progressive-validation.json`` and ``summary.json``. The models equal the job's bit for bit, for
+any number of ``--processes`` (the entities split across them by ``shard_of``).
 
     python -m pipeline.replay --input 'events/*.avro' --output out/ --entity-field userId \\
-        --timestamp-field timestamp [--initial-models DIR] [any job flag] [--lateness-seconds 3600]
+        --timestamp-field timestamp [--initial-models DIR] [any job flag] [--lateness-seconds 3600] \\
+        [--processes 0]
 """
 
 import math
+import multiprocessing
+import os
 import sys
 import time
+import zlib
 from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -21,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms import progress
 from transforms.avro_encoding import ModelContainerWriter
 from transforms.examples import DeadLetter, ExampleParser
-from transforms.formats import is_blank, to_json
+from transforms.formats import NOT_JSON, is_blank, to_json
 from transforms.io import read_path_records
 from transforms.models import ModelParser, coordinate_dir, model_files, write_snapshot
 from transforms.paths import data_files
@@ -47,6 +52,10 @@ class ReplayOptions(PipelineOptions):
             help="replay: instead of the job's incremental updates, retrain every entity from scratch on all its "
                  "data so far every this many hours of event time, scoring each example with the last retrain "
                  "(the periodic batch baseline; writes the validation report and the summary only); 0: off")
+        parser.add_argument(
+            "--processes", dest="processes", type=int, default=0,
+            help="replay: split the entities across this many processes (default 0: one per core); each "
+                 "reads the whole input and trains its own entities, so the outputs are the same for any number")
 
 
 class _NoOutputs:
@@ -63,11 +72,12 @@ class _NoOutputs:
 
 
 class _Outputs(_NoOutputs):
-    """The replay's files, written as it goes (one part per kind, like a one-shard job)."""
+    """A shard's files, written as it goes (one part per kind and shard, like a job's shards)."""
 
-    def __init__(self, output: str):
-        self.updates_path = FileSystems.join(output, "updates", "updates-00000-of-00001.avro")
-        self.dead_path = FileSystems.join(output, "dead-letter", "dead-letter-00000-of-00001.jsonl")
+    def __init__(self, output: str, shard: int, shards: int):
+        part = f"{shard:05d}-of-{shards:05d}"
+        self.updates_path = FileSystems.join(output, "updates", f"updates-{part}.avro")
+        self.dead_path = FileSystems.join(output, "dead-letter", f"dead-letter-{part}.jsonl")
         self._updates_file = FileSystems.create(self.updates_path)
         self._updates = ModelContainerWriter(self._updates_file, "ModelUpdateAvro")
         self._dead_file = None
@@ -95,11 +105,17 @@ class _Distribution:
 
     def add(self, values: List[int]) -> None:
         if values:
-            self.count += len(values)
-            self.total += sum(values)
-            low, high = min(values), max(values)
-            self.min = low if self.min is None else min(self.min, low)
-            self.max = high if self.max is None else max(self.max, high)
+            self._add(len(values), sum(values), min(values), max(values))
+
+    def merge(self, other: "_Distribution") -> None:
+        if other.count:
+            self._add(other.count, other.total, other.min, other.max)
+
+    def _add(self, count: int, total: int, low: int, high: int) -> None:
+        self.count += count
+        self.total += total
+        self.min = low if self.min is None else min(self.min, low)
+        self.max = high if self.max is None else max(self.max, high)
 
     def value(self) -> Optional[dict]:
         if not self.count:
@@ -107,28 +123,59 @@ class _Distribution:
         return {"count": self.count, "min": self.min, "max": self.max, "mean": self.total / self.count}
 
 
-def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[str, Any], ProgressiveValidation]:
-    """Replay the job over its inputs; write its outputs (unless ``write_outputs`` is false: then
-    nothing is written); return the summary (as the job's) and the progressive validation."""
-    started = time.time()
+class _Shard:
+    """What one shard of a replay (the entities ``shard_of`` gives it) counted, scored and learned."""
+
+    def __init__(self, validation: ProgressiveValidation):
+        self.counts: Counter = Counter()
+        self.sizes, self.micros = _Distribution(), _Distribution()
+        self.validation = validation
+        self.models: Dict[str, Any] = {}
+        self.late_examples = self.initial_models = self.cold_start_entities = 0
+        self.entities_with_initial_models = 0
+
+    def merge(self, other: "_Shard") -> "_Shard":
+        self.counts.update(other.counts)
+        self.sizes.merge(other.sizes)
+        self.micros.merge(other.micros)
+        self.validation.merge(other.validation)
+        self.models.update(other.models)  # shards hold disjoint entities
+        self.late_examples += other.late_examples
+        self.initial_models += other.initial_models
+        self.cold_start_entities += other.cold_start_entities
+        self.entities_with_initial_models += other.entities_with_initial_models
+        return self
+
+
+def shard_of(entity_id: str, shards: int) -> int:
+    """The replay shard (process) that owns an entity: the same in every process and every run."""
+    return zlib.crc32(entity_id.encode("utf-8")) % shards
+
+
+def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outputs: bool) -> _Shard:
+    """Replay the entities of one shard over the whole input.
+
+    Every shard reads every record and moves its watermark by each record's event time, so each
+    sees the watermark the one-process replay sees, and trains its own entities exactly as that
+    one would; only the owner parses a record in full. Shard 0 also counts and dead-letters what
+    belongs to no entity (unreadable files, blank lines, records without an entity or event time,
+    invalid initial-model records).
+    """
     o = options.view_as(LambdaLearnerOptions)
-    if o.watch or o.input_subscription:
-        raise UsageError("replay reads files: give --input without --watch (a Pub/Sub subscription cannot be replayed).")
-    lateness = options.view_as(ReplayOptions).lateness_seconds
-    if not (lateness == -1 or lateness >= 0):
-        raise UsageError(f"--lateness-seconds must be >= 0, or -1 for no watermark; got {lateness}.")
-    check_inputs(o)
+    replay_options = options.view_as(ReplayOptions)
+    lateness = replay_options.lateness_seconds
     config = update_config(o)
-    progress.enable(o.progress_seconds)
-    counts: Counter = Counter()
-    sizes, micros = _Distribution(), _Distribution()
-    validation = ProgressiveValidation(int(o.validation_bucket_seconds * 1000))
-    baseline_hours = options.view_as(ReplayOptions).batch_baseline_hours
-    if not (baseline_hours >= 0 and math.isfinite(baseline_hours)):
-        raise UsageError(f"--batch-baseline-hours must be >= 0 (0: off), got {baseline_hours}.")
+    first = shard == 0
+    progress.enable(o.progress_seconds if first else 0)
+    result = _Shard(ProgressiveValidation(int(o.validation_bucket_seconds * 1000)))
+    counts, sizes, micros, validation = result.counts, result.sizes, result.micros, result.validation
+    baseline_hours = replay_options.batch_baseline_hours
     baseline = PeriodicBatchReplay(config, int(round(baseline_hours * 3_600_000))) if baseline_hours else None
     state = EntityReplay(config, None if lateness == -1 else int(round(lateness * 1000)))
-    out = _Outputs(o.output) if write_outputs and baseline is None else _NoOutputs()
+    out = _Outputs(o.output, shard, shards) if write_outputs and baseline is None else _NoOutputs()
+
+    def mine(entity_id: str) -> bool:
+        return shards == 1 or shard_of(entity_id, shards) == shard
 
     def dead_letter(dead: DeadLetter) -> None:
         counts["dead_letters"] += 1
@@ -162,12 +209,13 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
                 if parsed is None:  # a blank line
                     continue
                 if isinstance(parsed, DeadLetter):
-                    dead_letter(parsed)
-                else:
+                    if first:
+                        dead_letter(parsed)
+                elif mine(parsed.entity_id):
                     state.add_model(parsed)
                     if baseline is not None:
                         baseline.add_model(parsed)
-    entities_with_initial_models = len(state.models)
+    result.entities_with_initial_models = len(state.models)
 
     learner_cpu = 0.0
     parser = ExampleParser(o.entity_field, o.timestamp_field, label_rule=config.label_rule,
@@ -175,23 +223,38 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     for path in data_files(o.input, bool(o.input_format)):
         for record in read_path_records(path, o.input_format):
             if isinstance(record, DeadLetter):
-                dead_letter(record)
+                if first:
+                    dead_letter(record)
                 continue
             if isinstance(record, (bytes, str)) and is_blank(record):
-                counts["blank_lines"] += 1
+                if first:
+                    counts["blank_lines"] += 1
                 continue
-            counts["records_read"] += 1
-            progress.record_read()
-            parsed = parser.parse_as_read(record)
-            if isinstance(parsed, DeadLetter):
-                dead_letter(parsed)
-                continue
-            counts["examples"] += 1
+            if first:
+                counts["records_read"] += 1
+                progress.record_read()
+            value = parser.decode_as_read(record)
+            # (entity, event time): read first only when a record may be another shard's.
+            key = None if shards == 1 or value is NOT_JSON else parser.key(value)
+            if key is None and not first:
+                continue  # invalid without an entity: shard 0's dead letter
             cpu = time.process_time()
-            if baseline is not None:
-                validation.add(baseline.add_example(parsed))
+            if key is not None and not mine(key[0]):
+                flushed(state.advance(key[1]))
             else:
-                flushed(state.add_example(parsed))
+                parsed = parser.parse_decoded(record, value)
+                if isinstance(parsed, DeadLetter):
+                    dead_letter(parsed)
+                    if key is None and value is not NOT_JSON:
+                        key = parser.key(value)
+                    if key is not None:  # invalid, but its event time was read
+                        flushed(state.advance(key[1]))
+                else:
+                    counts["examples"] += 1
+                    if baseline is not None:
+                        validation.add(baseline.add_example(parsed))
+                    else:
+                        flushed(state.add_example(parsed))
             learner_cpu += time.process_time() - cpu
     cpu = time.process_time()
     if baseline is None:
@@ -199,11 +262,64 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     learner_cpu += time.process_time() - cpu
     out.close()
     # CPU seconds of the learner (scoring and training, from parsed example to update record).
-    counts["learner_cpu_seconds"] = round(learner_cpu, 3)
+    counts["learner_cpu_seconds"] = learner_cpu
     if baseline is not None:
-        counts.update(retrains=baseline.retrains, retrain_cpu_seconds=round(baseline.train_seconds, 3))
-    if not write_outputs or baseline is not None:
-        metrics = dict(counts, late_examples=state.late_examples)
+        counts.update(retrains=baseline.retrains, retrain_cpu_seconds=baseline.train_seconds)
+    result.models = state.models
+    result.late_examples, result.initial_models = state.late_examples, state.initial_models
+    result.cold_start_entities = state.cold_start_entities
+    return result
+
+
+def _replay_shard_task(task: Tuple[PipelineOptions, int, int, bool]) -> _Shard:
+    return _replay_shard(*task)
+
+
+def _processes(requested: int) -> int:
+    if requested < 0:
+        raise UsageError(f"--processes must be >= 1, or 0 for one per core; got {requested}.")
+    return requested or os.cpu_count() or 1
+
+
+def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[str, Any], ProgressiveValidation]:
+    """Replay the job over its inputs; write its outputs (unless ``write_outputs`` is false: then
+    nothing is written); return the summary (as the job's) and the progressive validation."""
+    started = time.time()
+    o = options.view_as(LambdaLearnerOptions)
+    replay_options = options.view_as(ReplayOptions)
+    if o.watch or o.input_subscription:
+        raise UsageError("replay reads files: give --input without --watch (a Pub/Sub subscription cannot be replayed).")
+    lateness = replay_options.lateness_seconds
+    if not (lateness == -1 or lateness >= 0):
+        raise UsageError(f"--lateness-seconds must be >= 0, or -1 for no watermark; got {lateness}.")
+    baseline_hours = replay_options.batch_baseline_hours
+    if not (baseline_hours >= 0 and math.isfinite(baseline_hours)):
+        raise UsageError(f"--batch-baseline-hours must be >= 0 (0: off), got {baseline_hours}.")
+    processes = _processes(replay_options.processes)
+    if baseline_hours:
+        if replay_options.processes > 1:
+            raise UsageError("--batch-baseline-hours runs in one process: drop --processes.")
+        processes = 1
+    check_inputs(o)
+    update_config(o)  # a bad setting is one usage line here, before any process starts
+    tasks = [(options, shard, processes, write_outputs) for shard in range(processes)]
+    if processes == 1:
+        shards = [_replay_shard(*tasks[0])]
+    else:
+        # fork where there is one: the shards start at once, with this process's imports.
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        with context.Pool(processes) as pool:
+            shards = pool.map(_replay_shard_task, tasks)
+    result = shards[0]
+    for other in shards[1:]:
+        result.merge(other)
+    counts, validation = result.counts, result.validation
+    counts["learner_cpu_seconds"] = round(counts["learner_cpu_seconds"], 3)
+    if baseline_hours:
+        counts["retrain_cpu_seconds"] = round(counts["retrain_cpu_seconds"], 3)
+    if not write_outputs or baseline_hours:
+        metrics = dict(counts, late_examples=result.late_examples)
         if write_outputs:  # the baseline: its scores and counts
             validation_path = FileSystems.join(o.output, VALIDATION_FILE)
             with FileSystems.create(validation_path) as f:
@@ -216,19 +332,20 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     paths = {"updates": FileSystems.join(o.output, "updates"),
              "dead_letters": FileSystems.join(o.output, "dead-letter")}
     coordinate = o.coordinate or o.entity_field
-    snapshot = write_snapshot(state.models.values(), o.output, coordinate, o.entity_field, o.feature_shard,
-                              o.trainer, records_per_part=_records_per_part(len(state.models), o.snapshot_shards))
+    models = result.models.values()  # written in entity order: the snapshot does not depend on the shards
+    snapshot = write_snapshot(models, o.output, coordinate, o.entity_field, o.feature_shard,
+                              o.trainer, records_per_part=_records_per_part(len(models), o.snapshot_shards))
     paths["snapshot"] = coordinate_dir(o.output, coordinate)
     paths["validation"] = FileSystems.join(o.output, VALIDATION_FILE)
     with FileSystems.create(paths["validation"]) as f:
         f.write(to_json(validation.report()).encode("utf-8") + b"\n")
     metrics: Dict[str, Any] = dict(counts)
-    metrics.update(late_examples=state.late_examples, initial_models=state.initial_models,
-                   cold_start_entities=state.cold_start_entities, minibatch_size=sizes.value(),
-                   update_train_micros=micros.value())
+    metrics.update(late_examples=result.late_examples, initial_models=result.initial_models,
+                   cold_start_entities=result.cold_start_entities, minibatch_size=result.sizes.value(),
+                   update_train_micros=result.micros.value(), processes=processes)
     summary = write_summary(metrics, options, paths, time.time() - started, runner="replay")
     summary["snapshot_models"] = snapshot["models"]
-    summary["entities_with_initial_models"] = entities_with_initial_models
+    summary["entities_with_initial_models"] = result.entities_with_initial_models
     return summary, validation
 
 

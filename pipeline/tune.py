@@ -79,7 +79,8 @@ def _score(task: Tuple[List[str], float]) -> Dict[str, Any]:
     """One replay (in a worker process): its scores on the selection and the later slice."""
     argv, fraction = task
     started = time.process_time()
-    counts, validation = replay(parse_options(argv), write_outputs=False)
+    # One process per replay: tune already runs one replay per core.
+    counts, validation = replay(parse_options(list(argv) + ["--processes", "1"]), write_outputs=False)
     counts_by_bucket = validation.counts()
     total = sum(counts_by_bucket.values())
     split, seen = None, 0

@@ -56,16 +56,18 @@ def messy_inputs(tmp_path_factory):
     return dict(inputs, examples=str(directory / "*.jsonl")), base
 
 
-@pytest.mark.parametrize("lateness", ["-1", "3600"])
-def test_replay_equals_the_batch_job(messy_inputs, tmp_path, lateness):
+@pytest.mark.parametrize("lateness, processes", [("-1", "1"), ("3600", "1"), ("3600", "3"), ("-1", "2")])
+def test_replay_equals_the_batch_job(messy_inputs, tmp_path, lateness, processes):
+    """In one process or split across several (each shard's own entities, every shard's watermark)."""
     inputs, base = messy_inputs
     job_out = base / "job"
     if not job_out.exists():
         run_job(inputs, job_out)
     args = ["--input", inputs["examples"], "--output", str(tmp_path), "--entity-field", "userId",
             "--timestamp-field", "timestamp", "--minibatch-seconds", "300", "--initial-models", inputs["models"],
-            "--lateness-seconds", lateness]
+            "--lateness-seconds", lateness, "--processes", processes]
     assert replay_main(args) == 0
+    assert len(list((tmp_path / "updates").glob("*.avro"))) == int(processes)
     assert snapshot(tmp_path) == snapshot(job_out)
     assert _updates(tmp_path) == _updates(job_out)
     assert _dead_letters(tmp_path) == _dead_letters(job_out)
@@ -77,6 +79,29 @@ def test_replay_equals_the_batch_job(messy_inputs, tmp_path, lateness):
     for a, b in zip(ours["progressive_validation"]["buckets"], theirs["progressive_validation"]["buckets"]):
         assert a == pytest.approx(b, rel=1e-12)
     assert (tmp_path / "random-effect" / "userId" / "id-info").read_text() == "userId\nfeatures\n"
+
+
+def test_replay_shards_see_the_watermark_of_records_they_do_not_own_even_invalid_ones(messy_inputs, tmp_path):
+    """A record with a readable entity and event time moves every shard's watermark, valid or not: a
+    bad label two hours ahead in the middle of the stream makes the intervals before it due (and what
+    follows late) in every shard alike, so 1 and 3 processes give the same outputs."""
+    inputs, _ = messy_inputs
+    lines = Path(sorted(Path(inputs["examples"]).parent.glob("*.jsonl"))[0]).read_bytes().splitlines()
+    middle = json.loads(lines[len(lines) // 2])
+    ahead = dict(middle, uid="ahead", label=7, timestamp=middle["timestamp"] + 7_200_000)
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(lines[:len(lines) // 2] + [json.dumps(ahead).encode()] + lines[len(lines) // 2:]))
+    outputs = {}
+    for processes in ("1", "3"):
+        out = tmp_path / f"out-{processes}"
+        assert replay_main(["--input", str(events), "--output", str(out), "--entity-field", "userId",
+                            "--timestamp-field", "timestamp", "--minibatch-seconds", "300",
+                            "--initial-models", inputs["models"], "--lateness-seconds", "600",
+                            "--processes", processes]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        outputs[processes] = (snapshot(out), _updates(out), _dead_letters(out), {k: summary[k] for k in COUNTS})
+    assert outputs["1"] == outputs["3"]
+    assert outputs["1"][3]["late_examples"] > 0 and outputs["1"][3]["dead_letters_by_reason"]["parse/label"] == 1
 
 
 def test_replay_equals_a_streaming_job_with_the_same_watermark_late_examples_included(per_bundle_metrics):
@@ -134,6 +159,8 @@ def test_replay_equals_a_streaming_job_with_the_same_watermark_late_examples_inc
     (["--watch"], "replay reads files"),
     (["--lateness-seconds", "-5"], "--lateness-seconds must be >= 0"),
     (["--input", "/nonexistent/*.jsonl"], "matches no files"),
+    (["--processes", "-2"], "--processes must be >= 1"),
+    (["--processes", "2", "--batch-baseline-hours", "1"], "runs in one process"),
 ])
 def test_replay_usage_errors_are_one_line(messy_inputs, tmp_path, capsys, args, message):
     inputs, _ = messy_inputs
@@ -178,7 +205,8 @@ def test_tune_ranks_a_grid_of_replays_and_prints_the_winners_job_command(tmp_pat
 
     winner = report["winner"]
     _, validation = replay(parse_options(argv[:12] + ["--penalty", winner["penalty"],
-                                                      "--forgetting-factor", winner["forgetting-factor"]]),
+                                                      "--forgetting-factor", winner["forgetting-factor"],
+                                                      "--processes", "1"]),  # as tune's replays run
                            write_outputs=False)
     assert validation.report_between(None, first["split_ms"]) == first["selection"]
     assert f"--penalty {winner['penalty']} --forgetting-factor {winner['forgetting-factor']}" in captured.out

@@ -144,13 +144,36 @@ class ExampleParser:
     def parse_as_read(self, record: Any) -> Union[Example, DeadLetter]:
         """Parse a record as a reader yields it (a JSON line, or a dict from Avro); the example
         keeps the record itself as its ``source``, for the dead letters of later stages."""
-        if isinstance(record, (bytes, str)):
-            parsed = self.parse_json_line(record)
-        else:
-            parsed = self.parse(record)
+        return self.parse_decoded(record, self.decode_as_read(record))
+
+    @staticmethod
+    def decode_as_read(record: Any) -> Any:
+        """The value of a record as a reader yields it: a JSON line's JSON value (``NOT_JSON`` if it
+        is not JSON), any other record (an Avro dict) as it is."""
+        return decode_json_line(record) if isinstance(record, (bytes, str)) else record
+
+    def parse_decoded(self, record: Any, value: Any) -> Union[Example, DeadLetter]:
+        """``parse_as_read`` of ``record`` whose ``decode_as_read`` value is ``value`` (decoded once)."""
+        if value is NOT_JSON:
+            return DeadLetter(not_json_reason(record), "parse", line_text(record), "not_json")
+        parsed = self.parse(value)
         if isinstance(parsed, DeadLetter):
             return parsed
         return parsed._replace(source=record_source(record))
+
+    def key(self, value: Any) -> Optional[Tuple[str, int]]:
+        """(entity id, event time in ms) of a decoded record, or None when either cannot be read:
+        what the record's place in the stream needs, without validating the rest of it."""
+        if not isinstance(value, dict):
+            return None
+        metadata = value.get("metadataMap")
+        if metadata is not None and not isinstance(metadata, dict):
+            return None
+        try:
+            return (_entity_id(_lookup(value, metadata, self.entity_field), self.entity_field),
+                    _timestamp(_lookup(value, metadata, self.timestamp_field), self.timestamp_field))
+        except _Reject:
+            return None
 
     def _parse(self, record: Any) -> Example:
         if not isinstance(record, dict):

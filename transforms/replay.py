@@ -7,7 +7,8 @@ next one when its interval was already trained (``UpdateConfig.minibatch_of``), 
 watermark passes an interval's end the entity's due mini-batches are trained in order
 (``update.train_due``). So the models equal the job's bit for bit.
 
-The watermark is the newest event time seen minus ``lateness_ms``, as a streaming source whose
+The watermark is the newest event time read minus ``lateness_ms`` (every record whose entity and
+event time can be read moves it, whether or not the rest of it is valid), as a streaming source whose
 disorder is bounded by that much would report it; at the end of the input it passes everything,
 as the batch job's does. For input ordered by event time with disorder below ``lateness_ms`` the
 result is the batch job's, and memory holds the models plus the examples of the intervals still
@@ -61,12 +62,18 @@ class EntityReplay:
             batch = by_end[end] = []
             heapq.heappush(self._due, (end, entity))
         batch.append(ex)
-        if self.lateness_ms is not None:
-            mark = ex.timestamp_ms - self.lateness_ms
-            if self.watermark_ms is None or mark > self.watermark_ms:
-                self.watermark_ms = mark
-            if self._due[0][0] <= self.watermark_ms:
-                yield from self._flush_until(self.watermark_ms)
+        yield from self.advance(ex.timestamp_ms)
+
+    def advance(self, timestamp_ms: int) -> Iterator[Tuple[str, EntityFlush]]:
+        """A record with event time ``timestamp_ms`` was read (an example of this replay's or not, see
+        ``pipeline.replay``'s shards): move the watermark and train what it makes due."""
+        if self.lateness_ms is None:
+            return
+        mark = timestamp_ms - self.lateness_ms
+        if self.watermark_ms is None or mark > self.watermark_ms:
+            self.watermark_ms = mark
+        if self._due and self._due[0][0] <= self.watermark_ms:
+            yield from self._flush_until(self.watermark_ms)
 
     def finish(self) -> Iterator[Tuple[str, EntityFlush]]:
         """The end of the input: the watermark passes every interval."""
