@@ -306,9 +306,9 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     if processes == 1:
         shards = [_replay_shard(*tasks[0])]
     else:
-        # fork where there is one: the shards start at once, with this process's imports.
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        # fork on Linux: the shards start at once, with this process's imports (elsewhere fork is
+        # unsafe or absent, and the platform's default, spawn, re-imports them).
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
         with context.Pool(processes) as pool:
             shards = pool.map(_replay_shard_task, tasks)
     result = shards[0]
