@@ -342,7 +342,7 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     metrics: Dict[str, Any] = dict(counts)
     metrics.update(late_examples=result.late_examples, initial_models=result.initial_models,
                    cold_start_entities=result.cold_start_entities, minibatch_size=result.sizes.value(),
-                   update_train_micros=result.micros.value(), processes=processes)
+                   update_train_micros=result.micros.value())
     summary = write_summary(metrics, options, paths, time.time() - started, runner="replay")
     summary["snapshot_models"] = snapshot["models"]
     summary["entities_with_initial_models"] = result.entities_with_initial_models
