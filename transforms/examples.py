@@ -137,9 +137,7 @@ class ExampleParser:
     def parse_json_line(self, line: Union[bytes, str]) -> Union[Example, DeadLetter]:
         """Parse one JSON-lines line; a line that is not JSON is a dead letter with the raw line."""
         value = decode_json_line(line)
-        if value is NOT_JSON:
-            return DeadLetter(not_json_reason(line), "parse", line_text(line), "not_json")
-        return self.parse(value)
+        return _not_json(line) if value is NOT_JSON else self.parse(value)
 
     def parse_as_read(self, record: Any) -> Union[Example, DeadLetter]:
         """Parse a record as a reader yields it (a JSON line, or a dict from Avro); the example
@@ -155,7 +153,7 @@ class ExampleParser:
     def parse_decoded(self, record: Any, value: Any) -> Union[Example, DeadLetter]:
         """``parse_as_read`` of ``record`` whose ``decode_as_read`` value is ``value`` (decoded once)."""
         if value is NOT_JSON:
-            return DeadLetter(not_json_reason(record), "parse", line_text(record), "not_json")
+            return _not_json(record)
         parsed = self.parse(value)
         if isinstance(parsed, DeadLetter):
             return parsed
@@ -233,6 +231,11 @@ class ExampleParser:
             seen.add(key)
             features.append((name, term, value))
         return tuple(features)
+
+
+def _not_json(line: Union[bytes, str]) -> DeadLetter:
+    """The dead letter of a line that is not JSON: the raw line, and why."""
+    return DeadLetter(not_json_reason(line), "parse", line_text(line), "not_json")
 
 
 def _lookup(record: dict, metadata: Optional[dict], field: str):
