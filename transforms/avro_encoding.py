@@ -12,7 +12,9 @@ import struct
 import zlib
 from typing import Dict, Optional
 
-from .formats import raw_schema
+import fastavro
+
+from .formats import load_schema, raw_schema
 
 _DOUBLE = struct.Struct("<d")
 MODEL_SCHEMAS = ("BayesianLinearModelAvro", "ModelUpdateAvro")
@@ -136,3 +138,11 @@ class ModelContainerWriter:
         self._fh.write(bytes(block) + data + self._sync)
         self._buffer = bytearray()
         self._count = 0
+
+
+def container_writer(fh, schema_name: str, codec: str = "deflate"):
+    """A writer (``write(record)``, ``flush()``) of an Avro container file of ``schema_name`` records
+    on ``fh``: this module's encoder for the model schemas, fastavro's for the others."""
+    if schema_name in MODEL_SCHEMAS and codec == "deflate":
+        return ModelContainerWriter(fh, schema_name)
+    return fastavro.write.Writer(fh, load_schema(schema_name), codec=codec)

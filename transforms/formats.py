@@ -146,14 +146,20 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 def write_avro(path_or_file, schema_name: str, records: Iterable[dict], codec: str = "deflate") -> int:
     """Write ``records`` with schema ``schema_name``; return how many were written."""
-    schema = load_schema(schema_name)
-    counted = _Counter(records)
+    from .avro_encoding import container_writer  # it imports this module
+
+    def write(f) -> int:
+        writer, count = container_writer(f, schema_name, codec), 0
+        for record in records:
+            writer.write(record)
+            count += 1
+        writer.flush()
+        return count
+
     if isinstance(path_or_file, (str, os.PathLike)):
         with FileSystems.create(os.fspath(path_or_file)) as f:  # makes missing local directories
-            fastavro.writer(f, schema, counted, codec=codec)
-    else:
-        fastavro.writer(path_or_file, schema, counted, codec=codec)
-    return counted.count
+            return write(f)
+    return write(path_or_file)
 
 
 def write_json_lines(path: str, records: Iterable[Any]) -> int:
@@ -183,15 +189,4 @@ def _finite(value):
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-
-
-class _Counter:
-    def __init__(self, records):
-        self._records = records
-        self.count = 0
-
-    def __iter__(self):
-        for record in self._records:
-            self.count += 1
-            yield record
 

@@ -21,9 +21,9 @@ from apache_beam.io.watch import PollFn, PollResult, TerminationCondition, Watch
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from .avro_encoding import MODEL_SCHEMAS, ModelContainerWriter
+from .avro_encoding import container_writer
 from .examples import DeadLetter
-from .formats import AVRO, detect_format, is_data_file, load_schema, to_json
+from .formats import AVRO, detect_format, is_data_file, to_json
 from .models import COEFFICIENTS, coordinate_dir, latest_record, model_class, model_files, write_id_info
 from .paths import data_files
 
@@ -179,10 +179,7 @@ class AvroSink(fileio.FileSink):
         self._writer = None
 
     def open(self, fh):
-        if self.schema_name in MODEL_SCHEMAS:
-            self._writer = ModelContainerWriter(fh, self.schema_name)
-        else:
-            self._writer = fastavro.write.Writer(fh, load_schema(self.schema_name), codec="deflate")
+        self._writer = container_writer(fh, self.schema_name)
 
     def write(self, record):
         self._writer.write(record)
