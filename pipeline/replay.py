@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms import progress
 from transforms.avro_encoding import ModelContainerWriter
 from transforms.examples import DeadLetter, ExampleParser
-from transforms.formats import NOT_JSON, is_blank, to_json
+from transforms.formats import is_blank, to_json
 from transforms.io import read_path_records
 from transforms.models import ModelParser, coordinate_dir, model_files, write_snapshot
 from transforms.paths import data_files
@@ -131,8 +131,6 @@ class _Shard:
         self.sizes, self.micros = _Distribution(), _Distribution()
         self.validation = validation
         self.models: Dict[str, Any] = {}
-        self.late_examples = self.initial_models = self.cold_start_entities = 0
-        self.entities_with_initial_models = 0
 
     def merge(self, other: "_Shard") -> "_Shard":
         self.counts.update(other.counts)
@@ -140,10 +138,6 @@ class _Shard:
         self.micros.merge(other.micros)
         self.validation.merge(other.validation)
         self.models.update(other.models)  # shards hold disjoint entities
-        self.late_examples += other.late_examples
-        self.initial_models += other.initial_models
-        self.cold_start_entities += other.cold_start_entities
-        self.entities_with_initial_models += other.entities_with_initial_models
         return self
 
 
@@ -215,9 +209,17 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
                     state.add_model(parsed)
                     if baseline is not None:
                         baseline.add_model(parsed)
-    result.entities_with_initial_models = len(state.models)
+    counts["entities_with_initial_models"] = len(state.models)
 
     learner_cpu = 0.0
+
+    def learn(flushes) -> None:
+        """Apply what the learner's step yields, counting its CPU time (scoring and training)."""
+        nonlocal learner_cpu
+        cpu = time.process_time()
+        flushed(flushes)
+        learner_cpu += time.process_time() - cpu
+
     parser = ExampleParser(o.entity_field, o.timestamp_field, label_rule=config.label_rule,
                            max_features=o.max_features)
     for path in data_files(o.input, bool(o.input_format)):
@@ -234,40 +236,37 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
                 counts["records_read"] += 1
                 progress.record_read()
             value = parser.decode_as_read(record)
-            # (entity, event time): read first only when a record may be another shard's.
-            key = None if shards == 1 or value is NOT_JSON else parser.key(value)
-            if key is None and not first:
-                continue  # invalid without an entity: shard 0's dead letter
-            cpu = time.process_time()
-            if key is not None and not mine(key[0]):
-                flushed(state.advance(key[1]))
+            # (entity, event time), read first only when the record may be another shard's; one
+            # without them belongs to shard 0 (its dead letter).
+            key = parser.key(value) if shards > 1 else None
+            if shards > 1 and (0 if key is None else shard_of(key[0], shards)) != shard:
+                if key is not None:
+                    learn(state.advance(key[1]))
             else:
                 parsed = parser.parse_decoded(record, value)
-                if isinstance(parsed, DeadLetter):
-                    dead_letter(parsed)
-                    if key is None and value is not NOT_JSON:
-                        key = parser.key(value)
-                    if key is not None:  # invalid, but its event time was read
-                        flushed(state.advance(key[1]))
-                else:
+                if not isinstance(parsed, DeadLetter):
                     counts["examples"] += 1
                     if baseline is not None:
+                        cpu = time.process_time()
                         validation.add(baseline.add_example(parsed))
+                        learner_cpu += time.process_time() - cpu
                     else:
-                        flushed(state.add_example(parsed))
-            learner_cpu += time.process_time() - cpu
-    cpu = time.process_time()
+                        learn(state.add_example(parsed))
+                else:
+                    dead_letter(parsed)
+                    key = key or parser.key(value)
+                    if key is not None:  # invalid, but its event time was read: it moves the watermark
+                        learn(state.advance(key[1]))
     if baseline is None:
-        flushed(state.finish())
-    learner_cpu += time.process_time() - cpu
+        learn(state.finish())
     out.close()
     # CPU seconds of the learner (scoring and training, from parsed example to update record).
     counts["learner_cpu_seconds"] = learner_cpu
     if baseline is not None:
         counts.update(retrains=baseline.retrains, retrain_cpu_seconds=baseline.train_seconds)
+    counts.update(late_examples=state.late_examples, initial_models=state.initial_models,
+                  cold_start_entities=state.cold_start_entities)
     result.models = state.models
-    result.late_examples, result.initial_models = state.late_examples, state.initial_models
-    result.cold_start_entities = state.cold_start_entities
     return result
 
 
@@ -301,7 +300,6 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
             raise UsageError("--batch-baseline-hours runs in one process: drop --processes.")
         processes = 1
     check_inputs(o)
-    update_config(o)  # a bad setting is one usage line here, before any process starts
     tasks = [(options, shard, processes, write_outputs) for shard in range(processes)]
     if processes == 1:
         shards = [_replay_shard(*tasks[0])]
@@ -319,7 +317,7 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     if baseline_hours:
         counts["retrain_cpu_seconds"] = round(counts["retrain_cpu_seconds"], 3)
     if not write_outputs or baseline_hours:
-        metrics = dict(counts, late_examples=result.late_examples)
+        metrics = dict(counts)
         if write_outputs:  # the baseline: its scores and counts
             validation_path = FileSystems.join(o.output, VALIDATION_FILE)
             with FileSystems.create(validation_path) as f:
@@ -339,13 +337,11 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     paths["validation"] = FileSystems.join(o.output, VALIDATION_FILE)
     with FileSystems.create(paths["validation"]) as f:
         f.write(to_json(validation.report()).encode("utf-8") + b"\n")
-    metrics: Dict[str, Any] = dict(counts)
-    metrics.update(late_examples=result.late_examples, initial_models=result.initial_models,
-                   cold_start_entities=result.cold_start_entities, minibatch_size=result.sizes.value(),
-                   update_train_micros=result.micros.value())
+    metrics: Dict[str, Any] = dict(counts, minibatch_size=result.sizes.value(),
+                                   update_train_micros=result.micros.value())
     summary = write_summary(metrics, options, paths, time.time() - started, runner="replay")
     summary["snapshot_models"] = snapshot["models"]
-    summary["entities_with_initial_models"] = result.entities_with_initial_models
+    summary["entities_with_initial_models"] = counts["entities_with_initial_models"]
     return summary, validation
 
 
