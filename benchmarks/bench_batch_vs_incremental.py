@@ -40,7 +40,8 @@ MODES = [("batch every 6 h", 6.0), ("batch every 1 h", 1.0), ("incremental (defa
 
 def run_mode(examples: str, models: str, work: str, baseline_hours: float):
     argv = ["--input", examples, "--initial-models", models, "--output", work, "--entity-field", "userId",
-            "--timestamp-field", "timestamp", "--minibatch-seconds", "600", "--validation-bucket-seconds", "3600"]
+            "--timestamp-field", "timestamp", "--minibatch-seconds", "600", "--validation-bucket-seconds", "3600",
+            "--processes", "1"]  # in this process, so that its CPU time is all counted here
     if baseline_hours:
         argv += ["--batch-baseline-hours", str(baseline_hours)]
     started = time.process_time()
