@@ -168,8 +168,9 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
     state = EntityReplay(config, None if lateness == -1 else int(round(lateness * 1000)))
     out = _Outputs(o.output, shard, shards) if write_outputs and baseline is None else _NoOutputs()
 
-    def mine(entity_id: str) -> bool:
-        return shards == 1 or shard_of(entity_id, shards) == shard
+    def mine(entity_id: Optional[str]) -> bool:
+        """Whether this shard owns the entity; what has no entity (None) is shard 0's."""
+        return shards == 1 or (0 if entity_id is None else shard_of(entity_id, shards)) == shard
 
     def dead_letter(dead: DeadLetter) -> None:
         counts["dead_letters"] += 1
@@ -213,12 +214,16 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
 
     learner_cpu = 0.0
 
-    def learn(flushes) -> None:
-        """Apply what the learner's step yields, counting its CPU time (scoring and training)."""
+    def learn(step, *args) -> None:
+        """``step(*args)``, counting its CPU time as the learner's (scoring and training). The
+        replay's steps are generators, so ``learn(flushed, state.advance(t))`` times their work."""
         nonlocal learner_cpu
         cpu = time.process_time()
-        flushed(flushes)
+        step(*args)
         learner_cpu += time.process_time() - cpu
+
+    def score_and_keep(ex) -> None:
+        validation.add(baseline.add_example(ex))
 
     parser = ExampleParser(o.entity_field, o.timestamp_field, label_rule=config.label_rule,
                            max_features=o.max_features)
@@ -239,26 +244,24 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
             # (entity, event time), read first only when the record may be another shard's; one
             # without them belongs to shard 0 (its dead letter).
             key = parser.key(value) if shards > 1 else None
-            if shards > 1 and (0 if key is None else shard_of(key[0], shards)) != shard:
+            if not mine(key and key[0]):
                 if key is not None:
-                    learn(state.advance(key[1]))
+                    learn(flushed, state.advance(key[1]))
             else:
                 parsed = parser.parse_decoded(record, value)
                 if not isinstance(parsed, DeadLetter):
                     counts["examples"] += 1
                     if baseline is not None:
-                        cpu = time.process_time()
-                        validation.add(baseline.add_example(parsed))
-                        learner_cpu += time.process_time() - cpu
+                        learn(score_and_keep, parsed)
                     else:
-                        learn(state.add_example(parsed))
+                        learn(flushed, state.add_example(parsed))
                 else:
                     dead_letter(parsed)
                     key = key or parser.key(value)
                     if key is not None:  # invalid, but its event time was read: it moves the watermark
-                        learn(state.advance(key[1]))
+                        learn(flushed, state.advance(key[1]))
     if baseline is None:
-        learn(state.finish())
+        learn(flushed, state.finish())
     out.close()
     # CPU seconds of the learner (scoring and training, from parsed example to update record).
     counts["learner_cpu_seconds"] = learner_cpu
