@@ -4,6 +4,7 @@ Everything here is a named step from ``transforms``; element logic lives there.
 """
 
 import json
+import sys
 import time
 from typing import Any, Dict, Optional
 
@@ -236,6 +237,13 @@ def choose_local_runner(options: PipelineOptions) -> None:
         standard.runner = "BundleBasedDirectRunner" if pubsub else "FnApiRunner"
 
 
+LOCAL_RUNNERS = ("FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+LOCAL_WATCH_NOTE = ("note: --watch on Beam's Python local runner trains each example soon after it arrives (the runner "
+                    "fires event-time timers without waiting for the watch's watermark, so mini-batches hold about one "
+                    "example and later ones of the same interval count as late) and finalises the update files when the "
+                    "watch stops; see the README, \"Freshness\".")
+
+
 def run(options: PipelineOptions, wait: bool = True):
     """Check the inputs (unless it is a dry run), build and run the job; return (result, paths, seconds)."""
     started = time.time()
@@ -243,6 +251,8 @@ def run(options: PipelineOptions, wait: bool = True):
     dry_run = options.view_as(TestOptions).dry_run
     if not dry_run:
         check_inputs(options.view_as(LambdaLearnerOptions))
+        if options.view_as(LambdaLearnerOptions).watch and options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+            print(LOCAL_WATCH_NOTE, file=sys.stderr)
     disable_local_state_cache()
     progress.enable(options.view_as(LambdaLearnerOptions).progress_seconds)
     try:

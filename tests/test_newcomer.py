@@ -188,6 +188,18 @@ def _as_txt(path: str, directory: Path) -> Path:
     return target
 
 
+def test_the_watch_polls_at_most_once_per_interval(tmp_path):
+    # Beam's local runner re-runs a poll back to back; the poll itself keeps them an interval apart.
+    from transforms.io import _MatchPattern
+
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    poll = _MatchPattern(False, 0.4)
+    started = time.monotonic()
+    results = [poll(str(tmp_path / "*.jsonl")) for _ in range(3)]
+    assert time.monotonic() - started >= 0.8
+    assert all(list(r.outputs)[0].value == str(tmp_path / "a.jsonl") for r in results)
+
+
 def test_input_format_reaches_the_watch_path_and_the_initial_models(tmp_path):
     examples, inputs = make_inputs(tmp_path / "in", num_users=6, hours=0.25, seed=8)
     watched = _as_txt(inputs["examples"], tmp_path / "watched").parent

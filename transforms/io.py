@@ -74,12 +74,22 @@ def read_path_records(path: str, input_format: Optional[str] = None):
 
 
 class _MatchPattern(PollFn):
-    """Watch's poll: the files matching the pattern now, stamped with the poll time."""
+    """Watch's poll: the files matching the pattern now, stamped with the poll time.
 
-    def __init__(self, any_extension: bool):
+    Polls at most once per ``interval`` seconds: a runner that paces Watch (Flink, Dataflow) never
+    waits here, while Beam's Python local runners re-run the poll back to back, hundreds of times a
+    second, which burns a core and, after about a thousand polls, overflows the recursion of their
+    metrics at the end of the job."""
+
+    def __init__(self, any_extension: bool, interval: float):
         self.any_extension = any_extension
+        self.interval = interval
+        self._last = None
 
     def __call__(self, pattern):
+        if self._last is not None:
+            time.sleep(max(0.0, self._last + self.interval - time.time()))
+        self._last = time.time()
         now = Timestamp.now()
         files = data_files(pattern, self.any_extension)
         return PollResult.incomplete(files, timestamp=now).with_watermark(now)
@@ -90,7 +100,7 @@ class _MatchPattern(PollFn):
 
 class _AfterPolls(TerminationCondition):
     """Stop watching after a number of polls: ``ceil(duration / interval)``, counted from the job's
-    first poll (a runner paces polls by the interval; the local runner polls back to back)."""
+    first poll (polls are at least an interval apart: see ``_MatchPattern``)."""
 
     def __init__(self, polls: int):
         self.polls = polls
@@ -134,7 +144,7 @@ class ReadRecords(beam.PTransform):
             termination = _AfterPolls(max(1, math.ceil(duration / self.watch_seconds))) if duration else never()
             return (pbegin
                     | "Pattern" >> beam.Create([self.pattern])
-                    | "Watch" >> Watch(_MatchPattern(bool(fmt)), poll_interval=self.watch_seconds, termination=termination)
+                    | "Watch" >> Watch(_MatchPattern(bool(fmt), self.watch_seconds), poll_interval=self.watch_seconds, termination=termination)
                     | "NewFiles" >> beam.Values()
                     | "Open" >> fileio.ReadMatches()
                     | "Records" >> beam.FlatMap(read_file_records, fmt))
