@@ -86,7 +86,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
 
     out = records | "UpdateRandomEffects" >> UpdateRandomEffects(
         o.entity_field, o.timestamp_field, config=update_config(o), initial_models=initial,
-        max_features=o.max_features, max_model_coefficients=o.max_model_coefficients, streaming=streaming)
+        max_features=o.max_features, max_model_coefficients=o.max_model_coefficients, streaming=streaming,
+        hold_to_wall_clock=bool(o.watch) and is_local_runner(options))
 
     paths = {
         "updates": FileSystems.join(o.output, "updates"),
@@ -237,11 +238,15 @@ def choose_local_runner(options: PipelineOptions) -> None:
         standard.runner = "BundleBasedDirectRunner" if pubsub else "FnApiRunner"
 
 
-LOCAL_RUNNERS = ("FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
-LOCAL_WATCH_NOTE = ("note: --watch on Beam's Python local runner trains each example soon after it arrives (the runner "
-                    "fires event-time timers without waiting for the watch's watermark, so mini-batches hold about one "
-                    "example and later ones of the same interval count as late) and finalises the update files when the "
+LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+LOCAL_WATCH_NOTE = ("note: on Beam's Python local runner, --watch closes each mini-batch when the clock passes its end "
+                    "(the runner does not wait for the watch's watermark) and finalises the update files only when the "
                     "watch stops; see the README, \"Freshness\".")
+
+
+def is_local_runner(options: PipelineOptions) -> bool:
+    """Whether the job runs on Beam's Python local runner (given, defaulted, or as ``choose_local_runner`` names it)."""
+    return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
 
 
 def run(options: PipelineOptions, wait: bool = True):
@@ -251,7 +256,7 @@ def run(options: PipelineOptions, wait: bool = True):
     dry_run = options.view_as(TestOptions).dry_run
     if not dry_run:
         check_inputs(options.view_as(LambdaLearnerOptions))
-        if options.view_as(LambdaLearnerOptions).watch and options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+        if options.view_as(LambdaLearnerOptions).watch and is_local_runner(options):
             print(LOCAL_WATCH_NOTE, file=sys.stderr)
     disable_local_state_cache()
     progress.enable(options.view_as(LambdaLearnerOptions).progress_seconds)

@@ -243,8 +243,7 @@ def test_watch_picks_up_files_that_arrive_while_the_job_runs(tmp_path):
          "--entity-field", "userId", "--timestamp-field", "timestamp", "--minibatch-seconds", "300", "--watch",
          "--watch-interval-seconds", "2", "--watch-duration-seconds", "25", "--output-window-seconds", "5"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # The DirectRunner does not pace MatchContinuously by the wall clock (it may stop polling early),
-    # so the file appears right after launch: before the first poll, after the pipeline was built.
+    # The file appears right after launch: after the pipeline was built, before its first poll.
     time.sleep(0.5)
     later = [dict(e, userId="late-" + e["userId"], uid="late-" + e["uid"]) for e in examples[:30]]
     (watched / "b.jsonl.tmp").write_text("".join(json.dumps(e) + "\n" for e in later))
@@ -254,6 +253,37 @@ def test_watch_picks_up_files_that_arrive_while_the_job_runs(tmp_path):
     updates = [u for us in updates_by_entity(tmp_path / "out").values() for u in us]
     assert sum(u["numExamples"] for u in updates) == len(examples) + len(later)
     assert {u["modelId"] for u in updates} >= {e["userId"] for e in later}
+
+
+def test_a_watch_on_the_local_runner_keeps_a_live_mini_batch_open_until_it_ends(tmp_path):
+    """Beam's local runner fires the flush timer as soon as an example arrives; the job holds the
+    mini-batch until the clock passes its end (here: until the watch stops), so three live examples
+    arriving in three polls are one update, not three (the second and third trained as late)."""
+    import time
+
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    hour_ms = 3_600_000
+    if hour_ms - time.time() * 1000 % hour_ms < 90_000:  # all three examples must fall in one hour
+        time.sleep(hour_ms / 1000 - time.time() % (hour_ms / 1000) + 1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--input", str(watched / "*.jsonl"), "--output", str(tmp_path / "out"),
+         "--entity-field", "userId", "--timestamp-field", "timestamp", "--minibatch-seconds", "3600", "--watch",
+         "--watch-interval-seconds", "1", "--watch-duration-seconds", "30", "--output-window-seconds", "5",
+         "--streaming"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # the job's start-up: the examples should arrive in separate polls
+    for i in range(3):
+        example = {"uid": f"live-{i}", "userId": "u1", "timestamp": int(time.time() * 1000), "label": i % 2,
+                   "offset": 0.0, "features": [{"name": "f", "term": str(i), "value": 1.0}]}
+        (watched / f"{i}.jsonl.tmp").write_text(json.dumps(example) + "\n")
+        os.rename(watched / f"{i}.jsonl.tmp", watched / f"{i}.jsonl")
+        time.sleep(3)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "closes each mini-batch when the clock passes its end" in stderr
+    updates = updates_by_entity(tmp_path / "out")["u1"]
+    assert [u["numExamples"] for u in updates] == [3]
 
 
 @pytest.mark.parametrize("mode", ["batch", "streaming"])

@@ -7,6 +7,7 @@ starts, reads and writes nothing).
 """
 
 import math
+import threading
 import time
 from typing import Optional
 
@@ -28,6 +29,14 @@ from .models import COEFFICIENTS, coordinate_dir, latest_record, model_class, mo
 from .paths import data_files
 
 _EPOCH = Timestamp(0)
+# Set when a watch with a duration has made its last poll, cleared by a watch's first poll: in one
+# process (Beam's local runner) it tells the update step that no more input will come.
+_WATCH_STOPPED = threading.Event()
+
+
+def watch_stopped() -> bool:
+    """Whether this process's watch has made its last poll (see ``ReadRecords``)."""
+    return _WATCH_STOPPED.is_set()
 
 
 def pattern_format(pattern: str, explicit: Optional[str] = None) -> Optional[str]:
@@ -87,7 +96,9 @@ class _MatchPattern(PollFn):
         self._last = None
 
     def __call__(self, pattern):
-        if self._last is not None:
+        if self._last is None:
+            _WATCH_STOPPED.clear()
+        else:
             time.sleep(max(0.0, self._last + self.interval - time.time()))
         self._last = time.time()
         now = Timestamp.now()
@@ -112,7 +123,10 @@ class _AfterPolls(TerminationCondition):
         return state + 1
 
     def can_stop_polling(self, now, state):
-        return state >= self.polls
+        if state >= self.polls:
+            _WATCH_STOPPED.set()
+            return True
+        return False
 
     def state_coder(self):
         return VarIntCoder()

@@ -20,6 +20,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from . import progress
 from .examples import DeadLetter, ExampleParser
 from .formats import is_blank
+from .io import watch_stopped
 from .models import ModelParser, model_record, newer
 from .state import (
     EXAMPLE_TAG,
@@ -139,9 +140,10 @@ class UpdateRandomEffectsFn(beam.DoFn):
     FLUSH_AT = ReadModifyWriteStateSpec("flush_at", VarIntCoder())
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
-    def __init__(self, config: UpdateConfig, flush_all_due: bool = False):
+    def __init__(self, config: UpdateConfig, flush_all_due: bool = False, hold_to_wall_clock: bool = False):
         self.config = config
         self.flush_all_due = flush_all_due
+        self.hold_to_wall_clock = hold_to_wall_clock
 
     def setup(self):
         self.updates = Metrics.counter(NAMESPACE, "updates")
@@ -184,6 +186,12 @@ class UpdateRandomEffectsFn(beam.DoFn):
                  buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
                  flushed_until=beam.DoFn.StateParam(FLUSHED_UNTIL), flush_at=beam.DoFn.StateParam(FLUSH_AT),
                  flush=beam.DoFn.TimerParam(FLUSH)):
+        if self.hold_to_wall_clock and fired.micros > time.time() * 1e6 and not watch_stopped():
+            # Beam's local runner fires event-time timers without waiting for a watch's watermark
+            # (its poll time, so about the clock): wait for the clock instead, checked again when
+            # the runner next fires the timer (once per poll), touching no state until then.
+            flush.set(fired)
+            return
         now_ms = fired.micros // 1000
         due, keep = defaultdict(list), []
         for entry in buffer.read():
@@ -254,7 +262,9 @@ class UpdateRandomEffects(beam.PTransform):
     long, in event time, an entity remembers the uids it trained on; 0: off). ``streaming=False`` lets the
     flush train every buffered interval at the first timer (batch reads all input first). ``config``
     (an ``UpdateConfig``, e.g. with the forgetting options) replaces those parameters.
-    """
+    ``hold_to_wall_clock`` (a watched directory on Beam's local runner, whose timers fire before
+    the watermark passes them) keeps a mini-batch open until the clock passes its end, or the
+    watch stops."""
 
     def __init__(self, entity_field: str, timestamp_field: str, trainer: str = UpdateConfig.trainer,
                  penalty: float = UpdateConfig.penalty, forgetting_factor: float = UpdateConfig.forgetting_factor,
@@ -262,7 +272,7 @@ class UpdateRandomEffects(beam.PTransform):
                  max_minibatch_size: int = UpdateConfig.max_minibatch_size, initial_models=None,
                  coordinate: Optional[str] = None, max_features: int = 1000, max_model_coefficients: int = 100_000,
                  dedup_horizon_seconds: float = UpdateConfig.dedup_horizon_seconds, streaming: bool = True,
-                 config: Optional[UpdateConfig] = None):
+                 config: Optional[UpdateConfig] = None, hold_to_wall_clock: bool = False):
         super().__init__()
         if config is None:
             config = UpdateConfig(trainer=trainer, penalty=penalty, forgetting_factor=forgetting_factor,
@@ -275,6 +285,7 @@ class UpdateRandomEffects(beam.PTransform):
         self.model_parser = ModelParser(self.config.penalty, max_model_coefficients)
         self.initial_models = initial_models
         self.streaming = streaming
+        self.hold_to_wall_clock = hold_to_wall_clock
 
     def expand(self, examples):
         parsed = examples | "ParseExamples" >> beam.ParDo(ParseExamplesFn(self.example_parser)).with_output_types(
@@ -292,7 +303,8 @@ class UpdateRandomEffects(beam.PTransform):
             keyed
             | "FlattenExamplesAndModels" >> beam.Flatten()
             | "UpdatePerEntity" >> beam.ParDo(
-                UpdateRandomEffectsFn(self.config, flush_all_due=not self.streaming)).with_output_types(
+                UpdateRandomEffectsFn(self.config, flush_all_due=not self.streaming,
+                                      hold_to_wall_clock=self.hold_to_wall_clock)).with_output_types(
                 Dict[str, Any]).with_outputs(
                 DEAD_LETTERS, VALIDATION, main="updates")
         )
