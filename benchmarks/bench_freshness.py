@@ -144,6 +144,8 @@ def run_setting(name, extra, args, work):
     final, temporary = [], []
     for path, first_seen_ms in seen.items():
         finalised = not os.path.basename(os.path.dirname(path)).startswith(".temp")
+        if not os.path.exists(path):
+            continue  # a temporary file since finalised: its updates are counted there
         # A temporary file is written to for a whole bundle: an update in it was written after the
         # file first appeared and before its last modification.
         last_written_ms = None if finalised else os.path.getmtime(path) * 1000

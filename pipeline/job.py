@@ -84,10 +84,13 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
         initial = pipeline | "ReadInitialModels" >> ReadModelRecords(
             o.initial_models, o.initial_models_format or o.input_format)
 
+    # Beam's local runner fires timers before a watch's watermark passes them, and holds windowed
+    # files back until the watch stops: there mini-batches close by the clock, and files are per bundle.
+    local_watch = bool(o.watch) and is_local_runner(options)
     out = records | "UpdateRandomEffects" >> UpdateRandomEffects(
         o.entity_field, o.timestamp_field, config=update_config(o), initial_models=initial,
         max_features=o.max_features, max_model_coefficients=o.max_model_coefficients, streaming=streaming,
-        hold_to_wall_clock=bool(o.watch) and is_local_runner(options))
+        hold_to_wall_clock=local_watch)
 
     paths = {
         "updates": FileSystems.join(o.output, "updates"),
@@ -95,10 +98,10 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
     }
     out.updates | "WriteUpdates" >> WriteRecords(
         paths["updates"], "updates", ".avro", lambda _: AvroSink("ModelUpdateAvro"), streaming,
-        o.output_window_seconds, unbounded=not bounded)
+        o.output_window_seconds, unbounded=not bounded, per_bundle=local_watch)
     out.dead_letters | "WriteDeadLetters" >> WriteRecords(
         paths["dead_letters"], "dead-letter", ".jsonl", lambda _: JsonLinesSink(), streaming,
-        o.output_window_seconds, unbounded=not bounded)
+        o.output_window_seconds, unbounded=not bounded, per_bundle=local_watch)
     if bounded:
         latest = [out.updates] + ([out.initial_models] if out.initial_models is not None else [])
         snapshot = WriteSnapshot(o.output, coordinate, o.entity_field, o.feature_shard, o.trainer,
@@ -240,8 +243,8 @@ def choose_local_runner(options: PipelineOptions) -> None:
 
 LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 LOCAL_WATCH_NOTE = ("note: on Beam's Python local runner, --watch closes each mini-batch when the clock passes its end "
-                    "(the runner does not wait for the watch's watermark) and finalises the update files only when the "
-                    "watch stops; see the README, \"Freshness\".")
+                    "(the runner does not wait for the watch's watermark) and writes a file per bundle, not per "
+                    "--output-window-seconds; see the README, \"Freshness\".")
 
 
 def is_local_runner(options: PipelineOptions) -> bool:

@@ -200,6 +200,21 @@ def test_the_watch_polls_at_most_once_per_interval(tmp_path):
     assert all(list(r.outputs)[0].value == str(tmp_path / "a.jsonl") for r in results)
 
 
+def test_per_bundle_files_appear_whole_and_hold_every_record(tmp_path):
+    # The local runner's live path: a file per bundle, renamed into place, nothing left behind.
+    from transforms.io import JsonLinesSink, WriteRecords
+
+    records = [{"id": i} for i in range(50)]
+    with beam.Pipeline() as p:
+        _ = (p | beam.Create(records) | WriteRecords(str(tmp_path), "dead-letter", ".jsonl", lambda _: JsonLinesSink(),
+                                                     streaming=True, unbounded=True, per_bundle=True))
+    files = sorted(tmp_path.glob("dead-letter-*.jsonl"))
+    assert files and all(len(f.name.split("-")) == 4 for f in files)
+    written = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert sorted(r["id"] for r in written) == list(range(50))
+    assert list((tmp_path / ".temp-bundles").iterdir()) == []
+
+
 def test_input_format_reaches_the_watch_path_and_the_initial_models(tmp_path):
     examples, inputs = make_inputs(tmp_path / "in", num_users=6, hours=0.25, seed=8)
     watched = _as_txt(inputs["examples"], tmp_path / "watched").parent

@@ -9,6 +9,7 @@ starts, reads and writes nothing).
 import math
 import threading
 import time
+import uuid
 from typing import Optional
 
 import apache_beam as beam
@@ -235,16 +236,54 @@ class _NotBeforeEpoch(beam.DoFn):
         yield record if timestamp >= _EPOCH else TimestampedValue(record, _EPOCH)
 
 
+class _WriteBundleFiles(beam.DoFn):
+    """Each bundle's records into one file, written under ``<directory>/.temp-bundles/`` and renamed
+    to ``<prefix>-<UTC time of its first record>-<random id><suffix>`` when the bundle ends, so a
+    file appears whole. For Beam's local runner, which finalises windowed files only when a watch
+    stops (see ``WriteRecords``)."""
+
+    def __init__(self, directory: str, prefix: str, suffix: str, sink_factory):
+        self.directory, self.prefix, self.suffix, self.sink_factory = directory, prefix, suffix, sink_factory
+
+    def start_bundle(self):
+        self._open = None
+
+    def process(self, record):
+        if self._open is None:
+            name = (f"{self.prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+                    f"{self.suffix}")
+            temp_dir = FileSystems.join(self.directory, ".temp-bundles")
+            if not FileSystems.exists(temp_dir):
+                FileSystems.mkdirs(temp_dir)
+            temp = FileSystems.join(temp_dir, name)
+            fh = FileSystems.create(temp)
+            sink = self.sink_factory(None)
+            sink.open(fh)
+            self._open = (sink, fh, temp, FileSystems.join(self.directory, name))
+        self._open[0].write(record)
+
+    def finish_bundle(self):
+        if self._open is not None:
+            sink, fh, temp, final = self._open
+            sink.flush()
+            fh.close()
+            FileSystems.rename([temp], [final])
+            self._open = None
+
+
 class WriteRecords(beam.PTransform):
     """Write records under ``directory`` as ``<prefix>-...<suffix>`` files.
 
     In streaming, records are cut into fixed event-time windows of ``window_seconds`` first, so files
-    are finalised as the watermark passes each window.
+    are finalised as the watermark passes each window. ``per_bundle`` (an unbounded job on Beam's
+    local runner, which holds that watermark back until the source ends) writes a file per bundle
+    instead, each renamed into place whole.
     """
 
     def __init__(self, directory: str, prefix: str, suffix: str, sink_factory, streaming: bool,
-                 window_seconds: float = 60, unbounded: bool = False):
+                 window_seconds: float = 60, unbounded: bool = False, per_bundle: bool = False):
         super().__init__()
+        self.per_bundle = per_bundle
         self.unbounded = unbounded
         self.directory = directory
         self.prefix = prefix
@@ -254,6 +293,9 @@ class WriteRecords(beam.PTransform):
         self.window_seconds = window_seconds
 
     def expand(self, records):
+        if self.per_bundle:
+            return records | "WriteEachBundle" >> beam.ParDo(
+                _WriteBundleFiles(self.directory, self.prefix, self.suffix, self.sink_factory))
         if self.unbounded:
             # A live source's watermark follows the wall clock while event time may lag far behind
             # it: stamp records with the time they are written (moving forward in time is always
