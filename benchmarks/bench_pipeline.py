@@ -30,16 +30,22 @@ START_MS = 1_764_028_800_000
 MINUTE_MS = 60_000
 
 
+def example_line(rng, i, entity, ts, features):
+    """One synthetic example as a JSON line: uid ``e<i>``, entity ``n<entity>``, event time ``ts`` (ms),
+    ``features`` of 50 random terms, a 30% click rate and a random offset."""
+    feats = [{"name": "f", "term": str(int(t)), "value": float(np.round(rng.normal(), 4))}
+             for t in rng.choice(50, size=features, replace=False)]
+    return json.dumps({"uid": f"e{i}", "entity": f"n{entity}", "ts": ts, "label": int(rng.random() < 0.3),
+                       "offset": float(np.round(rng.normal(scale=0.5), 4)), "features": feats})
+
+
 def write_examples(path, records, entities, features, intervals, seed=0):
     rng = np.random.default_rng(seed)
     with open(path, "w") as f:
         for i in range(records):
             entity = int(rng.integers(entities))
             ts = START_MS + int(rng.integers(intervals * MINUTE_MS))
-            feats = [{"name": "f", "term": str(int(t)), "value": float(np.round(rng.normal(), 4))}
-                     for t in rng.choice(50, size=features, replace=False)]
-            f.write(json.dumps({"uid": f"e{i}", "entity": f"n{entity}", "ts": ts, "label": int(rng.random() < 0.3),
-                                "offset": float(np.round(rng.normal(scale=0.5), 4)), "features": feats}) + "\n")
+            f.write(example_line(rng, i, entity, ts, features) + "\n")
 
 
 def floor_job(argv):

@@ -86,7 +86,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
 
     # Beam's local runner fires timers before a watch's watermark passes them, and holds windowed
     # files back until the watch stops: there mini-batches close by the clock, and files are per bundle.
-    local_watch = bool(o.watch) and is_local_runner(options)
+    local_watch = watches_on_local_runner(options)
     out = records | "UpdateRandomEffects" >> UpdateRandomEffects(
         o.entity_field, o.timestamp_field, config=update_config(o), initial_models=initial,
         max_features=o.max_features, max_model_coefficients=o.max_model_coefficients, streaming=streaming,
@@ -229,6 +229,14 @@ def disable_local_state_cache() -> None:
     worker_handlers.STATE_CACHE_SIZE_MB = 0
 
 
+# What ``choose_local_runner`` replaces, and what it (or a user) may name instead: Beam's Python local runners.
+_DEFAULT_RUNNERS = (None, "DirectRunner", "direct")
+LOCAL_RUNNERS = _DEFAULT_RUNNERS + ("FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+LOCAL_WATCH_NOTE = ("note: on Beam's Python local runner, --watch closes each mini-batch when the clock passes its end "
+                    "(the runner does not wait for the watch's watermark) and writes a file per bundle, not per "
+                    "--output-window-seconds; see the README, \"Freshness\".")
+
+
 def choose_local_runner(options: PipelineOptions) -> None:
     """Make the default local runner explicit: with no ``--runner`` (or ``DirectRunner``) the job runs
     on Beam's Python runners, ``FnApiRunner`` (``BundleBasedDirectRunner`` for Pub/Sub, which the
@@ -236,20 +244,15 @@ def choose_local_runner(options: PipelineOptions) -> None:
     where the download works the job would silently run on another runner. ``--runner=PrismRunner``
     still chooses Prism."""
     standard = options.view_as(StandardOptions)
-    if standard.runner in (None, "DirectRunner", "direct"):
+    if standard.runner in _DEFAULT_RUNNERS:
         pubsub = bool(options.view_as(LambdaLearnerOptions).input_subscription)
         standard.runner = "BundleBasedDirectRunner" if pubsub else "FnApiRunner"
 
 
-LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
-LOCAL_WATCH_NOTE = ("note: on Beam's Python local runner, --watch closes each mini-batch when the clock passes its end "
-                    "(the runner does not wait for the watch's watermark) and writes a file per bundle, not per "
-                    "--output-window-seconds; see the README, \"Freshness\".")
-
-
-def is_local_runner(options: PipelineOptions) -> bool:
-    """Whether the job runs on Beam's Python local runner (given, defaulted, or as ``choose_local_runner`` names it)."""
-    return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
+def watches_on_local_runner(options: PipelineOptions) -> bool:
+    """Whether the job follows a directory (``--watch``) on Beam's Python local runner (given,
+    defaulted, or as ``choose_local_runner`` names it)."""
+    return bool(options.view_as(LambdaLearnerOptions).watch) and options.view_as(StandardOptions).runner in LOCAL_RUNNERS
 
 
 def run(options: PipelineOptions, wait: bool = True):
@@ -259,7 +262,7 @@ def run(options: PipelineOptions, wait: bool = True):
     dry_run = options.view_as(TestOptions).dry_run
     if not dry_run:
         check_inputs(options.view_as(LambdaLearnerOptions))
-        if options.view_as(LambdaLearnerOptions).watch and is_local_runner(options):
+        if watches_on_local_runner(options):
             print(LOCAL_WATCH_NOTE, file=sys.stderr)
     disable_local_state_cache()
     progress.enable(options.view_as(LambdaLearnerOptions).progress_seconds)

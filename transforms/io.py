@@ -245,17 +245,21 @@ class _WriteBundleFiles(beam.DoFn):
     def __init__(self, directory: str, prefix: str, suffix: str, sink_factory):
         self.directory, self.prefix, self.suffix, self.sink_factory = directory, prefix, suffix, sink_factory
 
+    def setup(self):
+        self._temp_dir = None
+
     def start_bundle(self):
         self._open = None
 
     def process(self, record):
         if self._open is None:
+            if self._temp_dir is None:  # made when the first record comes, not while building
+                self._temp_dir = FileSystems.join(self.directory, ".temp-bundles")
+                if not FileSystems.exists(self._temp_dir):
+                    FileSystems.mkdirs(self._temp_dir)
             name = (f"{self.prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
                     f"{self.suffix}")
-            temp_dir = FileSystems.join(self.directory, ".temp-bundles")
-            if not FileSystems.exists(temp_dir):
-                FileSystems.mkdirs(temp_dir)
-            temp = FileSystems.join(temp_dir, name)
+            temp = FileSystems.join(self._temp_dir, name)
             fh = FileSystems.create(temp)
             sink = self.sink_factory(None)
             sink.open(fh)
