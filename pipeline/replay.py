@@ -32,6 +32,7 @@ from transforms.models import ModelParser, coordinate_dir, model_files, write_sn
 from transforms.paths import data_files
 from transforms.replay import EntityReplay, PeriodicBatchReplay
 from transforms.validation import ProgressiveValidation
+from transforms.worker import tune_garbage_collection
 
 from .job import SUMMARY_FILE, VALIDATION_FILE, check_inputs, format_summary, write_summary
 from .options import LambdaLearnerOptions, UsageError, parse_options, update_config
@@ -155,6 +156,7 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
     belongs to no entity (unreadable files, blank lines, records without an entity or event time,
     invalid initial-model records).
     """
+    tune_garbage_collection()
     o = options.view_as(LambdaLearnerOptions)
     replay_options = options.view_as(ReplayOptions)
     lateness = replay_options.lateness_seconds
@@ -212,18 +214,14 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
                         baseline.add_model(parsed)
     counts["entities_with_initial_models"] = len(state.models)
 
-    learner_cpu = 0.0
-
-    def learn(step, *args) -> None:
-        """``step(*args)``, counting its CPU time as the learner's (scoring and training). The
-        replay's steps are generators, so ``learn(flushed, state.advance(t))`` times their work."""
-        nonlocal learner_cpu
-        cpu = time.process_time()
-        step(*args)
-        learner_cpu += time.process_time() - cpu
+    baseline_cpu = 0.0
 
     def score_and_keep(ex) -> None:
+        """The batch baseline's step for one example, its CPU time counted as the learner's."""
+        nonlocal baseline_cpu
+        cpu = time.process_time()
         validation.add(baseline.add_example(ex))
+        baseline_cpu += time.process_time() - cpu
 
     parser = ExampleParser(o.entity_field, o.timestamp_field, label_rule=config.label_rule,
                            max_features=o.max_features)
@@ -246,25 +244,26 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
             key = parser.key(value) if shards > 1 else None
             if not mine(key and key[0]):
                 if key is not None:
-                    learn(flushed, state.advance(key[1]))
+                    flushed(state.advance(key[1]))
             else:
                 parsed = parser.parse_decoded(record, value)
                 if not isinstance(parsed, DeadLetter):
                     counts["examples"] += 1
                     if baseline is not None:
-                        learn(score_and_keep, parsed)
+                        score_and_keep(parsed)
                     else:
-                        learn(flushed, state.add_example(parsed))
+                        flushed(state.add_example(parsed))
                 else:
                     dead_letter(parsed)
                     key = key or parser.key(value)
                     if key is not None:  # invalid, but its event time was read: it moves the watermark
-                        learn(flushed, state.advance(key[1]))
+                        flushed(state.advance(key[1]))
     if baseline is None:
-        learn(flushed, state.finish())
+        flushed(state.finish())
     out.close()
-    # CPU seconds of the learner (scoring and training, from parsed example to update record).
-    counts["learner_cpu_seconds"] = learner_cpu
+    # CPU seconds of the learner: training and scoring mini-batches (the job's updates), or the
+    # baseline's scoring and retrains.
+    counts["learner_cpu_seconds"] = state.train_seconds + baseline_cpu
     if baseline is not None:
         counts.update(retrains=baseline.retrains, retrain_cpu_seconds=baseline.train_seconds)
     counts.update(late_examples=state.late_examples, initial_models=state.initial_models,

@@ -36,6 +36,7 @@ from .state import (
     example_timestamp,
 )
 from .update import UpdateConfig, train_due
+from .worker import tune_garbage_collection
 
 NAMESPACE = "lambda_learner"
 DEAD_LETTERS, VALIDATION = "dead_letters", "validation"
@@ -146,6 +147,7 @@ class UpdateRandomEffectsFn(beam.DoFn):
         self.hold_to_wall_clock = hold_to_wall_clock
 
     def setup(self):
+        tune_garbage_collection()
         self.updates = Metrics.counter(NAMESPACE, "updates")
         self.late = Metrics.counter(NAMESPACE, "late_examples")
         self.trained = Metrics.counter(NAMESPACE, "examples_trained")

@@ -19,7 +19,7 @@ watermark, and is trained in its entity's next mini-batch.
 import dataclasses
 import heapq
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .examples import Example
 from .models import RandomEffectModel, newer
@@ -41,6 +41,8 @@ class EntityReplay:
         self.late_examples = 0
         self.initial_models = 0
         self.cold_start_entities = 0
+        #: CPU seconds spent training (and scoring) mini-batches: the learner's cost
+        self.train_seconds = 0.0
 
     def add_model(self, model: RandomEffectModel) -> None:
         """An initial model (before any example, as the job's models are at MIN_TIMESTAMP)."""
@@ -48,7 +50,7 @@ class EntityReplay:
         current = self.models.get(model.entity_id)
         self.models[model.entity_id] = model if current is None else newer(current, model)
 
-    def add_example(self, ex: Example) -> Iterator[Tuple[str, EntityFlush]]:
+    def add_example(self, ex: Example) -> Iterable[Tuple[str, EntityFlush]]:
         """Buffer ``ex`` and train what the watermark, moved by it, makes due: ``(entity, flush)``."""
         entity = ex.entity_id
         end, late = self.config.minibatch_of(ex.timestamp_ms, self.flushed_until.get(entity, 0))
@@ -62,18 +64,19 @@ class EntityReplay:
             batch = by_end[end] = []
             heapq.heappush(self._due, (end, entity))
         batch.append(ex)
-        yield from self.advance(ex.timestamp_ms)
+        return self.advance(ex.timestamp_ms)
 
-    def advance(self, timestamp_ms: int) -> Iterator[Tuple[str, EntityFlush]]:
+    def advance(self, timestamp_ms: int) -> Iterable[Tuple[str, EntityFlush]]:
         """A record with event time ``timestamp_ms`` was read (an example of this replay's or not, see
         ``pipeline.replay``'s shards): move the watermark and train what it makes due."""
         if self.lateness_ms is None:
-            return
+            return ()
         mark = timestamp_ms - self.lateness_ms
         if self.watermark_ms is None or mark > self.watermark_ms:
             self.watermark_ms = mark
         if self._due and self._due[0][0] <= self.watermark_ms:
-            yield from self._flush_until(self.watermark_ms)
+            return self._flush_until(self.watermark_ms)
+        return ()  # most records: nothing due, and no generator made for it
 
     def finish(self) -> Iterator[Tuple[str, EntityFlush]]:
         """The end of the input: the watermark passes every interval."""
@@ -98,7 +101,9 @@ class EntityReplay:
         model = self.models.get(entity)
         if model is None:
             self.cold_start_entities += 1
+        started = time.process_time()
         flushed = train_due(model, self.recent_uids.get(entity, {}), entity, due, self.config)
+        self.train_seconds += time.process_time() - started
         if flushed.changed:
             self.models[entity] = flushed.model
             if flushed.recent_uids:
