@@ -263,7 +263,7 @@ def _model(matrix=False, hessian=True):
 def test_model_state_coder_round_trips_deterministically_and_is_not_pickle(kind):
     model = _model(matrix=kind == "full", hessian=kind != "none")
     data = encode_model(model)
-    assert data[0] == MODEL_STATE_VERSION == 2
+    assert data[0] == MODEL_STATE_VERSION == 4
     assert not data.startswith(b"\x80")  # no pickle protocol header
     assert encode_model(model) == data == EntityStateCoder().encode(EntityState(model))
     back = decode_model(data)

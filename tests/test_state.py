@@ -15,7 +15,6 @@ from transforms.state import (
     EXAMPLE_VERSION,
     MODEL_STATE_VERSION,
     READABLE_MODEL_STATE_VERSIONS,
-    REFERENCE_STATE_VERSION,
     EntityState,
     EntityStateCoder,
     StateDecodeError,
@@ -53,6 +52,18 @@ GOLDEN_V3_WITH_REFERENCE = bytes.fromhex(
     "0302753402c0e1c4c2ab330309696e7465726365707409696e746572636570740166013101670132000000000000e83f"
     "000000000000e0bf000000000000c03f0100000000000018400000000000002240000000000000244001c0e1c4c2ab3301"
     "05696d702d3902000000000000e03f000000000000d0bf00000000000010400000000000002040")
+# Version 4 (names and terms as their lengths, then their bytes together; a reference flag byte).
+GOLDEN_V4_WITH_UIDS = bytes.fromhex(
+    "0406757365722d3703e08cc1c2ab330209090202696e74657263657074696e746572636570746164c3a9000000000000d03f"
+    "000000000000f8bf01000000000000244000000000000029400280b8bdc2ab330105696d702d30e08cc1c2ab330205696d70"
+    "2d3105696d702d3200")
+GOLDEN_V4_FULL_NO_UIDS = bytes.fromhex(
+    "0402753201e0d4030209090101696e74657263657074696e746572636570746631000000000000f03f000000000000004002"
+    "0000000000001040000000000000e03f000000000000e03f00000000000014400000")
+GOLDEN_V4_WITH_REFERENCE = bytes.fromhex(
+    "0402753402c0e1c4c2ab3303090901010101696e74657263657074696e7465726365707466316732000000000000e83f0000"
+    "00000000e0bf000000000000c03f0100000000000018400000000000002240000000000000244001c0e1c4c2ab330105696d"
+    "702d390102000000000000e03f000000000000d0bf00000000000010400000000000002040")
 # Example encoding version 1 (buffered examples), and a buffer entry (mini-batch end + example).
 GOLDEN_EXAMPLE_V1 = bytes.fromhex(
     "017b5c4fb89a01000006757365722d3701057569642d31000000000000f03f0000000000000040000000000000e0bf0200"
@@ -106,26 +117,57 @@ def test_version_1_state_still_decodes_with_no_recent_uids(golden, model):
     assert encode_model(state.model)[0] == MODEL_STATE_VERSION
 
 
-def test_version_2_state_decodes_and_is_what_the_encoder_writes_today_without_a_reference():
+def test_version_2_state_still_decodes():
     state = decode_entity_state(GOLDEN_V2_WITH_UIDS)
     assert_same_model(state.model, MODEL_1)
     assert state.recent_uids == UIDS
     assert_same_model(decode_model(GOLDEN_V2_FULL_NO_UIDS), MODEL_2)
-    # Today's encoder writes exactly these bytes, whatever order the uids are given in.
-    assert MODEL_STATE_VERSION == 2 and READABLE_MODEL_STATE_VERSIONS == (1, 2, 3)
-    assert encode_model(MODEL_1, tuple(reversed(UIDS))) == GOLDEN_V2_WITH_UIDS
-    assert EntityStateCoder().encode(EntityState(MODEL_1, UIDS)) == GOLDEN_V2_WITH_UIDS
-    assert encode_model(MODEL_2) == GOLDEN_V2_FULL_NO_UIDS
+    # models without a reference decode with None
+    assert decode_model(GOLDEN_V2_WITH_UIDS).reference is None
 
 
-def test_version_3_state_holds_the_forgetting_reference_and_is_what_the_encoder_writes_today():
-    assert GOLDEN_V3_WITH_REFERENCE[0] == REFERENCE_STATE_VERSION == 3
+def test_version_3_state_holds_the_forgetting_reference_and_still_decodes():
+    assert GOLDEN_V3_WITH_REFERENCE[0] == 3
     state = decode_entity_state(GOLDEN_V3_WITH_REFERENCE)
     assert_same_model(state.model, MODEL_4)
     assert state.recent_uids == (("imp-9", T0 + 120_000),)
-    assert encode_model(MODEL_4, state.recent_uids) == GOLDEN_V3_WITH_REFERENCE
-    # models without a reference decode with None (and so re-encode as version 2)
-    assert decode_model(GOLDEN_V2_WITH_UIDS).reference is None
+
+
+def test_version_4_state_is_what_the_encoder_writes_today():
+    assert MODEL_STATE_VERSION == 4 and READABLE_MODEL_STATE_VERSIONS == (1, 2, 3, 4)
+    # Exactly these bytes, whatever order the uids are given in.
+    assert encode_model(MODEL_1, tuple(reversed(UIDS))) == GOLDEN_V4_WITH_UIDS
+    assert EntityStateCoder().encode(EntityState(MODEL_1, UIDS)) == GOLDEN_V4_WITH_UIDS
+    assert encode_model(MODEL_2) == GOLDEN_V4_FULL_NO_UIDS
+    assert encode_model(MODEL_4, (("imp-9", T0 + 120_000),)) == GOLDEN_V4_WITH_REFERENCE
+    state = decode_entity_state(GOLDEN_V4_WITH_UIDS)
+    assert_same_model(state.model, MODEL_1)
+    assert state.recent_uids == UIDS
+    assert_same_model(decode_model(GOLDEN_V4_FULL_NO_UIDS), MODEL_2)
+    assert_same_model(decode_model(GOLDEN_V4_WITH_REFERENCE), MODEL_4)
+    # the same size as version 2, plus the reference flag byte
+    assert len(GOLDEN_V4_WITH_UIDS) == len(GOLDEN_V2_WITH_UIDS) + 1
+
+
+@pytest.mark.parametrize("names", [
+    ((INTERCEPT, ("ad", "é"), ("q" * 200, "ß" * 130), ("", ""))),  # multi-byte text, lengths of two varint bytes
+    ((("a" * 300, "x"), ("b", "")) + tuple((f"f{i}", str(i)) for i in range(200))),
+    (INTERCEPT,),
+])
+def test_version_4_names_round_trip_whatever_their_characters_and_lengths(names):
+    d = len(names)
+    model = RandomEffectModel("ü-1", names, np.arange(d, dtype=float), np.ones(d), 1, T0)
+    back = decode_model(encode_model(model))
+    assert back.feature_names == names
+
+
+def test_version_4_names_whose_bytes_are_damaged_fail_clearly():
+    data = encode_model(MODEL_1)
+    at = data.index(b"intercept")
+    with pytest.raises(StateDecodeError, match="truncated"):
+        decode_entity_state(data[:at + 3])
+    with pytest.raises(UnicodeDecodeError):  # as every other string of the state
+        decode_entity_state(data[:at] + b"\xff" + data[at + 1:])
 
 
 def test_example_and_buffer_encodings_still_decode():
@@ -149,11 +191,11 @@ def test_example_version_2_keeps_the_record_as_read():
     assert decode_buffer_entry(entry) == (T0 + 60_000, EXAMPLE._replace(source=SOURCE))
 
 
-@pytest.mark.parametrize("version", [0, 4, 9, 255])
+@pytest.mark.parametrize("version", [0, 5, 9, 255])
 def test_unknown_model_state_version_fails_with_a_clear_message(version):
     data = bytes([version]) + GOLDEN_V2_WITH_UIDS[1:]
     with pytest.raises(StateDecodeError, match=rf"Model state has encoding version {version}, but this code reads "
-                                               r"version\(s\) 1, 2, 3: run a release of lambda-learner-beam"):
+                                               r"version\(s\) 1, 2, 3, 4: run a release of lambda-learner-beam"):
         decode_entity_state(data)
     with pytest.raises(StateDecodeError):
         EntityStateCoder().decode(data)
