@@ -228,3 +228,19 @@ def test_state_round_trips_with_many_uids_and_stays_compact():
     # the mini-batch end is written once per mini-batch: about one byte of overhead per uid
     uid_bytes = sum(len(u) for u, _ in uids)
     assert len(data) - len(encode_model(MODEL_1)) <= uid_bytes + len(uids) + 7 * 8
+
+
+def test_flush_marks_round_trip_and_read_the_flushed_until_cell_of_earlier_releases():
+    from apache_beam.coders import VarIntCoder
+
+    from transforms.state import FlushMarksCoder
+
+    coder = FlushMarksCoder()
+    for marks in [(0, 0), (T0 + 60_000, 0), (T0, T0 + 120_000), (2**62, 1)]:
+        assert coder.decode(coder.encode(marks)) == marks
+    assert coder.encode((T0, T0 + 60_000)) == coder.encode((T0, T0 + 60_000)) and coder.is_deterministic()
+    # The cell's earlier coder wrote flushed_until alone; its timer time is then unknown (0).
+    assert coder.decode(VarIntCoder().encode(T0 + 60_000)) == (T0 + 60_000, 0)
+    assert coder.decode(VarIntCoder().encode(0)) == (0, 0)
+    with pytest.raises(StateDecodeError, match="trailing"):
+        coder.decode(coder.encode((1, 2)) + b"\x00")

@@ -10,7 +10,7 @@ from collections import defaultdict
 from typing import Any, Dict, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder, VarIntCoder
+from apache_beam.coders import BytesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -27,6 +27,7 @@ from .state import (
     MODEL_TAG,
     EntityState,
     EntityStateCoder,
+    FlushMarksCoder,
     buffer_batch_end,
     buffer_entry,
     decode_buffer_entry,
@@ -39,6 +40,8 @@ from .update import UpdateConfig, train_due
 from .worker import tune_garbage_collection
 
 NAMESPACE = "lambda_learner"
+NO_MARKS = (0, 0)
+
 DEAD_LETTERS, VALIDATION = "dead_letters", "validation"
 
 
@@ -118,10 +121,10 @@ class UpdateRandomEffectsFn(beam.DoFn):
     * ``MODEL`` (explicit versioned coder): the entity's coefficients, Hessian, feature names,
       version, the end of its last trained interval, and the uids it trained on within the
       de-duplication horizon (each with the end of its mini-batch).
-    * ``FLUSHED_UNTIL``: end of the last interval flushed; an example whose interval ended at or
-      before it is late and joins the next mini-batch instead of being dropped.
-    * ``FLUSH_AT``: when the ``FLUSH`` timer is set; Beam keeps one timer time per key, so it only
-      moves earlier.
+    * ``MARKS`` (``FlushMarksCoder``), one cell because both are read for every example: the end of
+      the last interval flushed (an example whose interval ended at or before it is late and joins
+      the next mini-batch instead of being dropped), and when the ``FLUSH`` timer is set (0: not
+      set; Beam keeps one timer time per key, so it only moves earlier).
 
     ``FLUSH`` (event time) fires when the watermark passes the earliest buffered interval: every
     due interval is trained in order (split into chunks of at most ``max_minibatch_size``) and the
@@ -137,8 +140,7 @@ class UpdateRandomEffectsFn(beam.DoFn):
 
     BUFFER = BagStateSpec("buffer", BytesCoder())
     MODEL = ReadModifyWriteStateSpec("model", EntityStateCoder())
-    FLUSHED_UNTIL = ReadModifyWriteStateSpec("flushed_until", VarIntCoder())
-    FLUSH_AT = ReadModifyWriteStateSpec("flush_at", VarIntCoder())
+    MARKS = ReadModifyWriteStateSpec("flushed_until", FlushMarksCoder())
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
     def __init__(self, config: UpdateConfig, flush_all_due: bool = False, hold_to_wall_clock: bool = False):
@@ -161,8 +163,7 @@ class UpdateRandomEffectsFn(beam.DoFn):
         self.latency_ms = Metrics.distribution(NAMESPACE, "update_latency_ms")
 
     def process(self, element, buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
-                flushed_until=beam.DoFn.StateParam(FLUSHED_UNTIL), flush_at=beam.DoFn.StateParam(FLUSH_AT),
-                flush=beam.DoFn.TimerParam(FLUSH)):
+                marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
         entity, payload = element
         if payload[:1] == MODEL_TAG:
             incoming = decode_model(payload[1:])
@@ -174,20 +175,19 @@ class UpdateRandomEffectsFn(beam.DoFn):
                 model_state.write(EntityState(newer(current.model, incoming), current.recent_uids))
             return
         encoded = payload[1:]
-        batch_end, late = self.config.minibatch_of(example_timestamp(encoded), flushed_until.read() or 0)
+        flushed_until, pending = marks_state.read() or NO_MARKS
+        batch_end, late = self.config.minibatch_of(example_timestamp(encoded), flushed_until)
         if late:
             self.late.inc()
         buffer.add(buffer_entry(batch_end, encoded))
-        pending = flush_at.read()
-        if pending is None or batch_end < pending:
+        if pending == 0 or batch_end < pending:
             flush.set(Timestamp(micros=batch_end * 1000))
-            flush_at.write(batch_end)
+            marks_state.write((flushed_until, batch_end))
 
     @on_timer(FLUSH)
     def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                  buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
-                 flushed_until=beam.DoFn.StateParam(FLUSHED_UNTIL), flush_at=beam.DoFn.StateParam(FLUSH_AT),
-                 flush=beam.DoFn.TimerParam(FLUSH)):
+                 marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
         if self.hold_to_wall_clock and fired.micros > time.time() * 1e6 and not watch_stopped():
             # Beam's local runner fires event-time timers without waiting for a watch's watermark
             # (its poll time, so about the clock): wait for the clock instead, checked again when
@@ -234,14 +234,14 @@ class UpdateRandomEffectsFn(beam.DoFn):
                 counter.inc(n)
         if flushed.changed:
             model_state.write(EntityState(flushed.model, tuple(flushed.recent_uids.items())))
+        flushed_until = (marks_state.read() or NO_MARKS)[0]
         if due:
-            flushed_until.write(max(max(due), flushed_until.read() or 0))
+            flushed_until = max(max(due), flushed_until)
+        next_end = 0
         if keep:
             next_end = min(buffer_batch_end(e) for e in keep)
             flush.set(Timestamp(micros=next_end * 1000))
-            flush_at.write(next_end)
-        else:
-            flush_at.clear()
+        marks_state.write((flushed_until, next_end))
 
 
 class RandomEffectOutputs:

@@ -370,6 +370,38 @@ class EntityStateCoder(coders.Coder):
         return True
 
 
+class FlushMarksCoder(coders.Coder):
+    """Beam coder of an entity's flush marks ``(flushed_until, flush_at)`` in ms (0: none): the end
+    of the last interval flushed, and when the flush timer is set. Two unsigned LEB128 varints.
+
+    The cell holding them kept the name of the one that held ``flushed_until`` alone, as Beam's
+    ``VarIntCoder`` (one varint, the same bytes for these non-negative numbers): such bytes decode
+    as ``(flushed_until, 0)``. A job updated in place therefore keeps which intervals it flushed
+    (so late examples stay late); it forgets when its timers were set, so an entity's next example
+    sets its timer again, possibly later than the one it replaces, and that flush trains every
+    interval due by then, in order.
+    """
+
+    def encode(self, value: Tuple[int, int]) -> bytes:
+        w = _Writer(0)
+        w.parts.clear()
+        w.varint(value[0])
+        w.varint(value[1])
+        return w.getvalue()
+
+    def decode(self, encoded: bytes) -> Tuple[int, int]:
+        r = _Reader(encoded, 0)
+        flushed_until = r.varint()
+        if r.pos == len(r.buf):  # a single VarIntCoder varint
+            return flushed_until, 0
+        flush_at = r.varint()
+        r.done()
+        return flushed_until, flush_at
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
 def example_timestamp(encoded_example: bytes) -> int:
     """The event time of an encoded example, read without decoding the rest."""
     _check_version(encoded_example, READABLE_EXAMPLE_VERSIONS, "Example")
