@@ -126,8 +126,12 @@ class ExampleParser:
 
     def parse(self, record: Any) -> Union[Example, DeadLetter]:
         """An ``Example``, or a ``DeadLetter`` (stage "parse") saying why not. Never raises."""
+        return self._parse_keeping(record, None)
+
+    def _parse_keeping(self, record: Any, as_read: Any) -> Union[Example, DeadLetter]:
+        """``parse``; the example keeps ``record_source(as_read)`` unless ``as_read`` is None."""
         try:
-            return self._parse(record)
+            return self._parse(record, as_read)
         except _Reject as reject:
             return DeadLetter(str(reject), "parse", record, reject.category)
         except Exception as err:  # a record shape nobody foresaw must still not stop the job
@@ -154,10 +158,7 @@ class ExampleParser:
         """``parse_as_read`` of ``record`` whose ``decode_as_read`` value is ``value`` (decoded once)."""
         if value is NOT_JSON:
             return _not_json(record)
-        parsed = self.parse(value)
-        if isinstance(parsed, DeadLetter):
-            return parsed
-        return parsed._replace(source=record_source(record))
+        return self._parse_keeping(value, record)
 
     def key(self, value: Any) -> Optional[Tuple[str, int]]:
         """(entity id, event time in ms) of a decoded record, or None when either cannot be read:
@@ -173,7 +174,7 @@ class ExampleParser:
         except _Reject:
             return None
 
-    def _parse(self, record: Any) -> Example:
+    def _parse(self, record: Any, as_read: Any = None) -> Example:
         if not isinstance(record, dict):
             raise _Reject(f"record is a JSON {type(record).__name__}, not an object.", "not_object")
         metadata = record.get("metadataMap")
@@ -198,7 +199,8 @@ class ExampleParser:
                 raise _Reject("uid is neither a string nor an integer.", "uid")
             uid = str(uid)
         features = self._features(record.get("features"))
-        return Example(entity_id, timestamp, uid, label, weight, offset, features)
+        source = None if as_read is None else record_source(as_read)
+        return Example(entity_id, timestamp, uid, label, weight, offset, features, source)
 
     def _features(self, raw: Any) -> Tuple[Feature, ...]:
         if raw is None:
