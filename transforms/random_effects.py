@@ -40,9 +40,8 @@ from .update import UpdateConfig, train_due
 from .worker import tune_garbage_collection
 
 NAMESPACE = "lambda_learner"
-NO_MARKS = (0, 0)
-
 DEAD_LETTERS, VALIDATION = "dead_letters", "validation"
+NO_MARKS = (0, 0)  # an entity's flush marks before its first example: nothing flushed, no timer set
 
 
 def count_dead_letter(dead: DeadLetter) -> None:
