@@ -146,16 +146,17 @@ def summarize(result, options: PipelineOptions, paths: Dict[str, str], seconds: 
 
 
 def write_summary(m: Dict[str, Any], options: PipelineOptions, paths: Dict[str, str], seconds: float,
-                  runner: Optional[str] = None) -> Dict[str, Any]:
+                  runner: Optional[str] = None, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The run summary from the job's metric values ``m`` (counters by name, distributions as
-    dicts): counts, dead letters by reason, progressive validation, where files are. Written as
-    ``summary.json`` under ``--output`` and returned."""
+    dicts): counts, dead letters by reason, progressive validation, where files are, and ``extra``
+    (what only some runs have). Written as ``summary.json`` under ``--output`` and returned."""
     o = options.view_as(LambdaLearnerOptions)
+    streaming = bool(options.view_as(StandardOptions).streaming)
     dead_by_reason = {k.split("/", 1)[1]: v for k, v in sorted(m.items()) if k.startswith("dead_letters/")}
     summary = {
         "input": o.input or o.input_subscription,
         "runner": runner or options.view_as(StandardOptions).runner or "DirectRunner",
-        "streaming": bool(options.view_as(StandardOptions).streaming),
+        "streaming": streaming,
         "seconds": round(seconds, 2),
         "records_read": m.get("records_read", 0),
         "blank_lines": m.get("blank_lines", 0),
@@ -175,6 +176,11 @@ def write_summary(m: Dict[str, Any], options: PipelineOptions, paths: Dict[str, 
         "progressive_validation": read_validation(paths["validation"]) if "validation" in paths else {},
         "outputs": paths,
     }
+    if streaming and m.get("update_latency_ms") is not None:
+        # Wall clock at the update minus its interval's end: how fresh a live job's updates are
+        # (in batch, over old data, it is the data's age, so it is left out).
+        summary["update_latency_ms"] = m["update_latency_ms"]
+    summary.update(extra or {})
     path = FileSystems.join(o.output, SUMMARY_FILE)
     with FileSystems.create(path) as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))

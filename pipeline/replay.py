@@ -341,9 +341,11 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
         f.write(to_json(validation.report()).encode("utf-8") + b"\n")
     metrics: Dict[str, Any] = dict(counts, minibatch_size=result.sizes.value(),
                                    update_train_micros=result.micros.value())
-    summary = write_summary(metrics, options, paths, time.time() - started, runner="replay")
-    summary["snapshot_models"] = snapshot["models"]
-    summary["entities_with_initial_models"] = counts["entities_with_initial_models"]
+    summary = write_summary(metrics, options, paths, time.time() - started, runner="replay",
+                            extra={"snapshot_models": snapshot["models"],
+                                   "entities_with_initial_models": counts["entities_with_initial_models"],
+                                   "learner_cpu_seconds": counts["learner_cpu_seconds"],
+                                   "processes": processes})
     return summary, validation
 
 

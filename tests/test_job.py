@@ -105,6 +105,9 @@ def test_streaming_and_portable_runner_give_the_same_models_as_batch(batch_run, 
     expected = snapshot(out)
     run_job(inputs, tmp_path / "streaming", "--streaming")
     assert snapshot(tmp_path / "streaming") == expected
+    # a streaming job reports how long after its interval's end each update was made (wall clock)
+    latency = json.loads((tmp_path / "streaming" / "summary.json").read_text())["update_latency_ms"]
+    assert latency["count"] == json.loads((out / "summary.json").read_text())["updates"] and latency["min"] > 0
     run_job(inputs, tmp_path / "portable", "--runner=PortableRunner", "--job_endpoint=embed",
             "--environment_type=LOOPBACK")
     assert snapshot(tmp_path / "portable") == expected

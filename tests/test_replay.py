@@ -78,6 +78,10 @@ def test_replay_equals_the_batch_job(messy_inputs, tmp_path, lateness, processes
     assert theirs["duplicates"] > 0 and theirs["failed_updates"] == 1 and theirs["dead_letters_by_reason"]["model/model"] == 1
     for a, b in zip(ours["progressive_validation"]["buckets"], theirs["progressive_validation"]["buckets"]):
         assert a == pytest.approx(b, rel=1e-12)
+    # what only a replay has is in its summary.json too
+    assert ours["processes"] == int(processes) and ours["learner_cpu_seconds"] > 0
+    assert ours["snapshot_models"] == len(snapshot(tmp_path)) and ours["entities_with_initial_models"] > 0
+    assert "update_latency_ms" not in theirs  # a batch job over old data: its age, not a latency
     assert (tmp_path / "random-effect" / "userId" / "id-info").read_text() == "userId\nfeatures\n"
 
 
