@@ -233,9 +233,13 @@ class UpdateRandomEffectsFn(beam.DoFn):
                 counter.inc(n)
         if flushed.changed:
             model_state.write(EntityState(flushed.model, tuple(flushed.recent_uids.items())))
-        flushed_until = (marks_state.read() or NO_MARKS)[0]
         if due:
-            flushed_until = max(max(due), flushed_until)
+            # Every buffered interval ends after the last flushed one (``minibatch_of`` puts a late
+            # example in the next interval), so the newest due interval is the new mark: the cell
+            # need not be read, which costs a state fetch per timer.
+            flushed_until = max(due)
+        else:
+            flushed_until = (marks_state.read() or NO_MARKS)[0]
         next_end = 0
         if keep:
             next_end = min(buffer_batch_end(e) for e in keep)
