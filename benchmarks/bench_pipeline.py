@@ -6,9 +6,10 @@
     per-entity mini-batch job on Beam pays before doing any work.
 
 Prints wall times and the ratio floor / ours, batch and streaming; with ``--repeat N`` each pair
-runs N times and the medians are reported (the machine is shared). The requirement (ratio >= 0.5,
-aim >= 0.8) is on the batch run; the streaming ratio is reported against the same bar, and the
-verdict line says how each mode stands.
+runs N times and the medians are reported (the machine is shared). The requirements: batch ratio
+>= 0.5 (the performance issue's bar), streaming ratio >= 0.6 (the streaming issue's, median of 3);
+aim 0.8 for both. The verdict line says how each mode stands; the exit status is 0 only when every
+mode run meets its bar.
 
     python benchmarks/bench_pipeline.py [--records 30000] [--entities 3000] [--features 3] [--intervals 5] [--repeat 3]
 """
@@ -129,6 +130,10 @@ def timed(cmd):
     return run_child(cmd)[0]
 
 
+# Required floor / ours ratios per mode (see the module docstring).
+REQUIRED = {"batch": 0.5, "streaming": 0.6}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=30_000)
@@ -169,14 +174,12 @@ def main(argv=None):
             results[mode] = ratio
             label = "" if args.repeat == 1 else f" (medians of {args.repeat})"
             print(f"{mode:<10} floor {floor:6.1f}s   ours {ours:6.1f}s   ratio floor/ours {ratio:.2f}"
-                  f"   (required >= 0.5, aim >= 0.8){label}")
+                  f"   (required >= {REQUIRED[mode]}, aim >= 0.8){label}")
         for mode, ratio in results.items():
-            standing = "meets" if ratio >= 0.5 else "is below"
-            print(f"{mode}: ratio {ratio:.2f} {standing} 0.5" + ("" if mode == "batch" else " (reported)"))
-        if "batch" not in results:
-            return 0
-        ok = results["batch"] >= 0.5
-        print("PASS (batch, the required ratio)" if ok else "FAIL (batch, the required ratio)")
+            standing = "meets" if ratio >= REQUIRED[mode] else "is below"
+            print(f"{mode}: ratio {ratio:.2f} {standing} {REQUIRED[mode]}")
+        ok = all(ratio >= REQUIRED[mode] for mode, ratio in results.items())
+        print("PASS" if ok else "FAIL")
         return 0 if ok else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
