@@ -200,6 +200,36 @@ def test_the_watch_polls_at_most_once_per_interval(tmp_path):
     assert all(list(r.outputs)[0].value == str(tmp_path / "a.jsonl") for r in results)
 
 
+def test_a_local_watch_of_more_polls_than_pythons_recursion_limit_ends_cleanly(tmp_path):
+    # Beam's local runner nests each bundle's metrics in a generator over the last: reading them
+    # after 1,200 polls recursed past Python's default limit of 1,000 (a RecursionError at the end).
+    examples, inputs = make_inputs(tmp_path / "in", num_users=3, hours=0.1, seed=9)
+    proc = run_cli("--input", inputs["examples"], "--watch", "--watch-interval-seconds", "0.01",
+                   "--watch-duration-seconds", "12", "--output", str(tmp_path / "out"), "--entity-field", "userId",
+                   "--timestamp-field", "timestamp", "--minibatch-seconds", "300")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["records_read"] == summary["examples_trained"] == len(examples)
+
+
+def test_reading_deeply_nested_generators_needs_no_recursion_limit_of_ones_own():
+    from pipeline.job import read_deeply
+
+    def nested(depth):
+        values = iter([1, 2, 3])
+        for _ in range(depth):
+            values = (v for v in values)
+        return values
+
+    limit = sys.getrecursionlimit()
+    with pytest.raises(RecursionError):
+        sum(nested(limit + 500))
+    assert read_deeply(lambda: sum(nested(20 * limit))) == 6
+    assert sys.getrecursionlimit() == limit
+    with pytest.raises(ZeroDivisionError):  # an error inside comes out as it is
+        read_deeply(lambda: 1 / 0)
+
+
 def test_per_bundle_files_appear_whole_and_hold_every_record(tmp_path):
     # The local runner's live path: a file per bundle, renamed into place, nothing left behind.
     from transforms.io import JsonLinesSink, WriteRecords
