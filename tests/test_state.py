@@ -168,6 +168,8 @@ def test_version_4_names_whose_bytes_are_damaged_fail_clearly():
         decode_entity_state(data[:at + 3])
     with pytest.raises(UnicodeDecodeError):  # as every other string of the state
         decode_entity_state(data[:at] + b"\xff" + data[at + 1:])
+    with pytest.raises(StateDecodeError, match="unknown reference flag 7"):
+        decode_entity_state(GOLDEN_V4_FULL_NO_UIDS[:-1] + b"\x07")
 
 
 def test_example_and_buffer_encodings_still_decode():
