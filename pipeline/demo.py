@@ -22,6 +22,7 @@ import numpy as np
 
 from transforms.formats import write_avro
 from transforms.models import load_models, write_id_info
+from transforms.update import UpdateConfig
 
 from .simulation import CATEGORIES, START_MS, ClickStream, StreamConfig, true_coefficient_map
 
@@ -158,13 +159,13 @@ def main(argv=None) -> int:
           f"(+{n_broken} malformed records), and offline models for {n_models:,} users.")
 
     output = os.path.join(base, "job")
-    # With delta < 1 every update also pulls coefficients the mini-batch did not touch towards 0 by
-    # (1-delta)*penalty; a forgetting factor close to 1 and a modest penalty keep what is known.
-    penalty, forgetting = 1.0, 0.98
+    # The learner at the job's defaults (penalty, forgetting), chosen on other streams than this one
+    # (README, "Model quality"); 10-minute mini-batches, as a user seen every few minutes suggests.
+    penalty = UpdateConfig.penalty
     command = [sys.executable, "-m", "pipeline", "--input", os.path.join(base, "events", "*.avro"),
                "--output", output, "--initial-models", offline, "--entity-field", "userId",
                "--timestamp-field", "timestamp", "--coordinate", COORDINATE, "--minibatch-seconds", "600",
-               "--penalty", str(penalty), "--forgetting-factor", str(forgetting), "--streaming",
+               "--streaming",
                "--validation-bucket-seconds", str(VALIDATION_BUCKET_SECONDS), "--progress-seconds", "5"]
     print("\nRunning the job (streaming, DirectRunner):\n  python " + " ".join(
         os.path.relpath(c) if c.startswith(base) else c for c in command[1:]) + "\n", flush=True)
