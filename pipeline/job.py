@@ -137,9 +137,12 @@ def read_deeply(fn):
         except BaseException as err:  # re-raised in the caller's thread
             outcome["error"] = err
 
+    try:
+        stack = threading.stack_size(_METRICS_STACK_BYTES)
+    except (ValueError, RuntimeError):  # a platform that refuses such a stack: read as usual
+        return fn()
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, _METRICS_RECURSION_LIMIT))
-    stack = threading.stack_size(_METRICS_STACK_BYTES)
     try:
         thread = threading.Thread(target=target, name="read-metrics")
         thread.start()

@@ -230,6 +230,18 @@ def test_reading_deeply_nested_generators_needs_no_recursion_limit_of_ones_own()
         read_deeply(lambda: 1 / 0)
 
 
+def test_where_a_large_thread_stack_is_refused_metrics_are_read_as_usual(monkeypatch):
+    import threading
+
+    from pipeline.job import read_deeply
+
+    def refuse(size=None):
+        raise ValueError("size not valid")
+
+    monkeypatch.setattr(threading, "stack_size", refuse)
+    assert read_deeply(lambda: threading.current_thread().name) == threading.current_thread().name
+
+
 def test_per_bundle_files_appear_whole_and_hold_every_record(tmp_path):
     # The local runner's live path: a file per bundle, renamed into place, nothing left behind.
     from transforms.io import JsonLinesSink, WriteRecords
