@@ -29,6 +29,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_MS = 1_764_028_800_000
 MINUTE_MS = 60_000
+# Required floor / ours ratios per mode (see the module docstring).
+REQUIRED = {"batch": 0.5, "streaming": 0.6}
 
 
 def example_line(rng, i, entity, ts, features):
@@ -128,10 +130,6 @@ def run_child(cmd, show_stderr=False):
 def timed(cmd):
     """Wall seconds of one child process."""
     return run_child(cmd)[0]
-
-
-# Required floor / ours ratios per mode (see the module docstring).
-REQUIRED = {"batch": 0.5, "streaming": 0.6}
 
 
 def main(argv=None):

@@ -72,8 +72,9 @@ class EntityState(NamedTuple):
 class _Writer:
     __slots__ = ("parts",)
 
-    def __init__(self, version: int):
-        self.parts: List[bytes] = [bytes((version,))]
+    def __init__(self, version: Optional[int]):
+        """Bytes that start with the ``version`` byte (none for an unversioned encoding)."""
+        self.parts: List[bytes] = [] if version is None else [bytes((version,))]
 
     def i64(self, v: int):
         self.parts.append(_I64.pack(v))
@@ -390,8 +391,7 @@ class FlushMarksCoder(coders.Coder):
     """
 
     def encode(self, value: Tuple[int, int]) -> bytes:
-        w = _Writer(0)
-        w.parts.clear()
+        w = _Writer(None)  # no version byte: the bytes of the cell's earlier VarIntCoder must still read
         w.varint(value[0])
         w.varint(value[1])
         return w.getvalue()
