@@ -9,6 +9,7 @@ dominate, and ``NewtonSolver`` for everything else. Both see the same ``Quadrati
 hold them equal to 1e-12.
 """
 
+import math
 import time
 from typing import NamedTuple, Optional, Sequence, Tuple
 
@@ -22,6 +23,7 @@ from ._newton import FAILED, NewtonSolver
 from ._prior import QuadraticPrior
 from ._small import Row, newton_small
 
+_isfinite, _INF = math.isfinite, math.inf
 _DENSE_ENTRIES = 60_000  # below this many matrix entries a mini-batch's design matrix is dense
 
 
@@ -125,11 +127,30 @@ def _check(theta: np.ndarray, hessian):
     return None, precisions, matrix
 
 
+def _check_lists(theta, hessian):
+    """``_check`` for a solution on lists (one Python pass: numpy calls cost more on a few entries);
+    returns arrays."""
+    if not _isfinite(sum(theta)):  # a sum of finite numbers can overflow: then look at each
+        if not all(map(_isfinite, theta)):
+            return "training produced non-finite coefficients", None, None
+    precisions, matrix = hessian()
+    if precisions is not None:
+        for p in precisions:
+            if not (p > 0.0 and p < _INF):
+                return "training produced a Hessian that is not positive and finite", None, None
+        precisions = np.array(precisions)
+    return None, precisions, matrix
+
+
 def _result(theta, loss, warnflag, task, hessian, scores, seconds) -> EntityUpdate:
     if warnflag == FAILED:
-        return EntityUpdate(theta, None, None, None, False, f"training failed ({task})", scores, seconds)
+        return EntityUpdate(np.asarray(theta, dtype=np.float64), None, None, None, False, f"training failed ({task})",
+                            scores, seconds)
+    if isinstance(theta, list):
+        failure, precisions, matrix = _check_lists(theta, hessian)
+    else:
+        failure, precisions, matrix = _check(theta, hessian)
     theta = np.asarray(theta, dtype=np.float64)
-    failure, precisions, matrix = _check(theta, hessian)
     if failure is not None:
         return EntityUpdate(theta, None, None, None, False, failure, scores, seconds)
     return EntityUpdate(theta, precisions, matrix, float(loss), warnflag == 0, None, scores, seconds)
@@ -137,7 +158,10 @@ def _result(theta, loss, warnflag, task, hessian, scores, seconds) -> EntityUpda
 
 def _update_small(rows, labels, weights, offsets, mean, precisions, d, family, penalty, delta, hessian_type,
                   target, reference) -> Optional[EntityUpdate]:
-    """The plain-Python path; None when it does not apply (too big, labels the family rejects)."""
+    """The plain-Python path; None when it does not apply (too big, labels the family rejects).
+
+    Its arrays have a few dozen entries at most, so everything around the solver is on lists too:
+    numpy's ~1 us per call would cost more than the arithmetic."""
     limit = _newton.SMALL_MAX_ENTRIES
     if len(rows) > limit:
         return None
@@ -183,18 +207,31 @@ def _update_small(rows, labels, weights, offsets, mean, precisions, d, family, p
     if k == d:
         theta, loss = solution.theta, solution.loss
     else:
-        # Columns the mini-batch does not touch decouple under a diagonal prior: closed-form optimum.
-        full = prior.minimiser()
-        full[list(active)] = solution.theta
-        theta = full
-        loss = solution.data_loss + prior.value(full)
+        # Columns the mini-batch does not touch decouple under a diagonal prior: each takes its
+        # closed-form optimum (``QuadraticPrior.minimiser``, here on lists) and adds its prior term.
+        theta = []
+        rr = dp = 0.0
+        for j, (c, p, r) in enumerate(zip(theta0, precision, ridge)):
+            if j in used:
+                theta.append(0.0)
+                continue
+            sp = scale * p
+            a = 0.0 if anchor is None else anchor[j]
+            denom = r + sp
+            m = ((sp * c if anchor is None else sp * c + r * a) / denom) if denom > 0 else c
+            rr += r * ((m - a) * (m - a))
+            dp += (m - c) * (p * (m - c))
+            theta.append(m)
+        for g, t in zip(active, solution.theta):
+            theta[g] = t
+        loss = solution.loss + (0.5 * rr + 0.5 * scale * dp)
 
     def hessian():
         if hessian_type is HessianType.NONE:
             return None, None
         if hessian_type is HessianType.IDENTITY:
             return np.ones(d), None
-        diagonal = prior.hessian_diagonal()
+        diagonal = [r + scale * p for r, p in zip(ridge, precision)]
         if hessian_type is HessianType.DIAGONAL:
             squared = [0.0] * k
             for row, d2 in zip(local_rows, solution.d2):
