@@ -3,7 +3,7 @@ forgetting (the seed's per-update factor against a half-life in event time), whe
 (towards zero, towards the entity's initial model, variance only), the mini-batch length, and a
 cold prior learned from the population of initial models.
 
-    python benchmarks/quality_experiments.py [--stage all|penalty|forgetting|cold|minibatch|hessian|peers]
+    python benchmarks/quality_experiments.py [--stage all|penalty|forgetting|cold|minibatch|hessian|variants|peers]
         [--base JSON-of-Candidate-fields] [--jobs 2] [--log bench-output/quality-experiments.md]
 
 Each candidate is run through the job's own update, ``transforms.update.train_minibatch``, with the
@@ -23,7 +23,13 @@ pull target ``(m0, p0)``:
 one; a model that was never updated (an initial model, a cold start) forgets nothing before its
 first update. The cold prior ``population`` starts an entity without an initial model at the mean of
 the initial models' coefficients with precision 1 / their variance (per coefficient; ``penalty``
-for coefficients no initial model has). Candidates are ranked on the streams other than the demo's
+for coefficients no initial model has). ``rule="job"`` uses the job's own forgetting instead (variance
+only by event time, ``--forgetting-half-life-seconds``); ``--stage variants`` changes the job's
+defaults one setting at a time (half-life, random walk, a cold intercept precision other than the
+penalty, marginal precisions ``1 / diag(H^-1)`` kept instead of ``diag(H)``, and the cold prior
+``online-population``: a new entity starts from the population of the entities' current models,
+``OnlinePopulation``; and a global correction coordinate, ``global_coordinate``: both replayed
+interval by interval across entities, ``replay_by_interval``). Candidates are ranked on the streams other than the demo's
 (mean progressive log loss over streams x with/without offline models); the demo is reported after.
 """
 
@@ -42,8 +48,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_quality as bq  # noqa: E402
-from transforms.models import RandomEffectModel  # noqa: E402
-from transforms.update import UpdateConfig  # noqa: E402
+from transforms.models import INTERCEPT, RandomEffectModel  # noqa: E402
+from transforms.update import UpdateConfig, train_minibatch  # noqa: E402
 
 HOUR_MS = 3_600_000
 CHOOSE_ON = ("drift", "new-users", "rare-clicks")
@@ -63,6 +69,12 @@ class Candidate:
     minibatch_seconds: float = 60.0
     cold_prior: str = "penalty"
     hessian: str = "diagonal"
+    # 0: a cold entity's intercept gets the penalty like every coefficient; else this precision.
+    cold_intercept_precision: float = 0.0
+    # With hessian "full": keep 1 / diag(H^-1) (the marginal precisions) between updates, not H.
+    marginal_precisions: bool = False
+    # "" (none), "independent" or "residual": a global correction coordinate (replay_by_interval).
+    global_coordinate: str = ""
 
     def label(self) -> str:
         parts = [f"penalty {self.penalty:g}"]
@@ -71,6 +83,8 @@ class Candidate:
                          else "no forgetting")
         elif self.rule == "random-walk":
             parts.append(f"random walk q={self.diffusion_per_hour:g}/h")
+        elif self.rule == "job":
+            parts.append(f"the job's forgetting, half-life {self.half_life_hours:g} h")
         else:
             parts.append(f"{self.rule}, half-life {self.half_life_hours:g} h")
         parts.append(f"{self.minibatch_seconds:g} s")
@@ -78,6 +92,12 @@ class Candidate:
             parts.append(f"cold prior {self.cold_prior}")
         if self.hessian != "diagonal":
             parts.append(f"{self.hessian} Hessian")
+        if self.cold_intercept_precision:
+            parts.append(f"cold intercept precision {self.cold_intercept_precision:g}")
+        if self.marginal_precisions:
+            parts.append("marginal precisions")
+        if self.global_coordinate:
+            parts.append(f"global coordinate ({self.global_coordinate})")
         return ", ".join(parts)
 
 
@@ -102,6 +122,109 @@ class Population:
         return RandomEffectModel(entity, self.names, self.means.copy(), self.precisions.copy())
 
 
+class OnlinePopulation:
+    """The population of the entities' current models, kept as the stream goes: per coefficient, the
+    count, sum and sum of squares of the models' means and the sum of their variances. Its cold prior
+    for a new entity: for each coefficient at least ``min_count`` models have, the mean of the
+    models' means, with precision 1 / (the variance of those means + their mean variance), the
+    total variance of a coefficient across entities (the spread of posterior means alone would
+    understate it). Nothing of a mini-batch's own interval is seen: ``fold`` runs after an interval."""
+
+    def __init__(self, min_count: int = 30):
+        self.min_count = min_count
+        self.stats: Dict = {}
+        self.contributions: Dict[str, list] = {}
+
+    def fold(self, entity: str, model: RandomEffectModel) -> None:
+        for nt, m, v in self.contributions.get(entity, ()):
+            s = self.stats[nt]
+            s[0] -= 1; s[1] -= m; s[2] -= m * m; s[3] -= v  # noqa: E702
+        new = list(zip(model.feature_names, model.means.tolist(), (1.0 / model.precisions).tolist()))
+        for nt, m, v in new:
+            s = self.stats.setdefault(nt, [0, 0.0, 0.0, 0.0])
+            s[0] += 1; s[1] += m; s[2] += m * m; s[3] += v  # noqa: E702
+        self.contributions[entity] = new
+
+    def cold_model(self, entity: str) -> Optional[RandomEffectModel]:
+        table = {}
+        for nt, (count, total, squares, variances) in self.stats.items():
+            if count >= self.min_count:
+                mean = total / count
+                table[nt] = (mean, 1.0 / (max(squares / count - mean * mean, 0.0) + variances / count))
+        if INTERCEPT not in table:
+            return None
+        names = [INTERCEPT] + sorted(nt for nt in table if nt != INTERCEPT)
+        return RandomEffectModel(entity, tuple(names), np.array([table[nt][0] for nt in names]),
+                                 np.array([table[nt][1] for nt in names]))
+
+
+GLOBAL_ENTITY = "(global)"
+
+
+def global_score(model: Optional[RandomEffectModel], example) -> float:
+    """The global correction's margin for an example (0 before it has learned anything)."""
+    if model is None:
+        return 0.0
+    means = dict(zip(model.feature_names, model.means.tolist()))
+    return means.get(INTERCEPT, 0.0) + sum(v * means.get((n, t), 0.0) for n, t, v in example.features)
+
+
+def replay_by_interval(examples, initial: Dict[str, RandomEffectModel], config: UpdateConfig,
+                       population: Optional["OnlinePopulation"] = None, global_coordinate: str = ""):
+    """``bench_quality.replay`` in event-time order across entities, interval by interval, for what
+    needs the other entities: (margins, failed updates).
+
+    ``population``: a cold entity starts from the population of the models before its interval.
+    ``global_coordinate``: a second GAME coordinate, one global model of the same features, learned
+    interval by interval with the job's update; every example's offset is raised by its score under
+    the global model as of the end of the previous interval, for scoring and training alike.
+    ``"independent"`` trains the global model on the examples' own offsets (nothing flows back from
+    the entities' models); ``"residual"`` on the offset plus the entity's score (coordinate descent).
+    """
+    per_interval: Dict[int, list] = {}
+    for entity, batches in bq.minibatches(examples, int(round(config.minibatch_seconds * 1000))).items():
+        for end, positions in batches:
+            per_interval.setdefault(end, []).append((entity, positions))
+    margins = np.full(len(examples), np.nan)
+    models, failures, glob = dict(initial), 0, None
+    if population is not None:
+        for entity, model in models.items():
+            population.fold(entity, model)
+    for end in sorted(per_interval):
+        trained, residual_offsets = [], {}
+        for entity, positions in sorted(per_interval[end]):
+            model = models.get(entity)
+            if model is None and population is not None:
+                model = population.cold_model(entity)
+            batch = [examples[i] for i in positions]
+            if global_coordinate:
+                batch = [ex._replace(offset=ex.offset + global_score(glob, ex)) for ex in batch]
+            result = train_minibatch(model, entity, batch, end, config)
+            margins[positions] = result.model_scores
+            if global_coordinate == "residual":
+                for i, ex, score in zip(positions, batch, result.model_scores):
+                    residual_offsets[i] = score - (ex.offset - examples[i].offset)
+            if result.failure is None:
+                trained.append((entity, result.model))
+            else:
+                failures += 1
+        for entity, model in trained:
+            models[entity] = model
+            if population is not None:
+                population.fold(entity, model)
+        if global_coordinate:
+            order = sorted((i for _, positions in per_interval[end] for i in positions),
+                           key=lambda i: (examples[i].timestamp_ms, examples[i].uid or ""))
+            batch = [examples[i]._replace(offset=residual_offsets[i]) if residual_offsets else examples[i]
+                     for i in order]
+            result = train_minibatch(glob, GLOBAL_ENTITY, batch, end, config)
+            if result.failure is None:
+                glob = result.model
+            else:
+                failures += 1
+    return margins, failures
+
+
 def prior_transform(c: Candidate, initial: Dict[str, RandomEffectModel], population: Optional[Population]):
     """The function the replay calls before each update (see the module docstring)."""
     targets: Dict[str, Dict] = {}
@@ -119,8 +242,15 @@ def prior_transform(c: Candidate, initial: Dict[str, RandomEffectModel], populat
 
     def transform(model: Optional[RandomEffectModel], entity: str, end_ms: int) -> Optional[RandomEffectModel]:
         if model is None:
-            return population.model(entity) if population is not None else None
-        if c.rule == "none" or model.window_end_ms <= 0 or end_ms <= model.window_end_ms:
+            if population is not None:
+                return population.model(entity)
+            if c.cold_intercept_precision:
+                return RandomEffectModel(entity, (INTERCEPT,), np.zeros(1), np.full(1, c.cold_intercept_precision))
+            return None
+        if c.marginal_precisions and model.precision_matrix is not None:
+            model = model._replace(precisions=1.0 / np.diagonal(np.linalg.inv(model.precision_matrix)),
+                                   precision_matrix=None)
+        if c.rule in ("none", "job") or model.window_end_ms <= 0 or end_ms <= model.window_end_ms:
             return model
         elapsed_hours = (end_ms - model.window_end_ms) / HOUR_MS
         if model.precision_matrix is not None:
@@ -174,11 +304,22 @@ def evaluate(job):
     stream = STREAMS[name]
     initial = stream.initial_models if with_offline else {}
     population = Population(initial, c.penalty) if (c.cold_prior == "population" and initial) else None
-    config = UpdateConfig(penalty=c.penalty, forgetting_factor=c.forgetting_factor,
-                          minibatch_seconds=c.minibatch_seconds, hessian=c.hessian)
-    transform = prior_transform(c, initial, population) if (c.rule != "none" or population) else None
-    result = bq.replay(stream.examples, initial, config, transform)
+    if c.rule == "job":  # the job's own forgetting (variance only, by event time), no prototype
+        config = UpdateConfig(penalty=c.penalty, forgetting_half_life_seconds=c.half_life_hours * 3600.0,
+                              minibatch_seconds=c.minibatch_seconds, hessian=c.hessian)
+    else:
+        config = UpdateConfig(penalty=c.penalty, forgetting_factor=c.forgetting_factor,
+                              minibatch_seconds=c.minibatch_seconds, hessian=c.hessian)
+    rewrites = c.rule not in ("none", "job") or population or c.cold_intercept_precision or c.marginal_precisions
+    transform = prior_transform(c, initial, population) if rewrites else None
     labels = bq.labels_of(stream)
+    if c.cold_prior == "online-population" or c.global_coordinate:
+        if transform is not None:
+            raise ValueError("the interval-by-interval replay is prototyped with the job's own forgetting only")
+        population = OnlinePopulation() if c.cold_prior == "online-population" else None
+        margins, failures = replay_by_interval(stream.examples, initial, config, population, c.global_coordinate)
+        return bq.log_loss(margins, labels), bq.auc(margins, labels), failures
+    result = bq.replay(stream.examples, initial, config, transform)
     return bq.log_loss(result.margins, labels), bq.auc(result.margins, labels), result.failures
 
 
@@ -250,7 +391,7 @@ def show(title: str, results: Dict[Candidate, Dict], streams, top: Optional[int]
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", default="all",
-                        choices=["all", "penalty", "forgetting", "cold", "minibatch", "hessian", "peers"])
+                        choices=["all", "penalty", "forgetting", "cold", "minibatch", "hessian", "variants", "peers"])
     parser.add_argument("--base", default=None,
                         help="JSON of Candidate fields to start the later stages from, instead of the earlier "
                              "stages' winner (e.g. when running one stage alone)")
@@ -298,6 +439,20 @@ def main(argv=None) -> int:
         if args.stage == "hessian":  # slow (the general path on every update), so not part of "all"
             ranked, _ = stage("Hessian kept between updates", [best, replace(best, hessian="full")])
             best = ranked[0]
+        if args.stage == "variants":  # one change at a time to the job's defaults (see the README)
+            job = Candidate(penalty=3.0, rule="job", half_life_hours=1.0)
+            grid = [job] + [replace(job, half_life_hours=h) for h in (0.25, 0.5, 2.0)]
+            grid += [replace(job, half_life_hours=0.5, penalty=2.0)]
+            grid += [Candidate(penalty=3.0, rule="random-walk", diffusion_per_hour=q) for q in (0.1, 0.3, 1.0)]
+            grid += [replace(job, cold_intercept_precision=p) for p in (0.3, 1.0, 10.0)]
+            grid += [replace(job, hessian="full", marginal_precisions=True)]
+            grid += [replace(job, cold_prior="online-population")]
+            grid += [replace(job, global_coordinate=g) for g in ("independent", "residual")]
+            # Ranked on the streams other than the demo's; the demo is reported with the peers after.
+            ranked, _ = stage("One change at a time to the job's defaults", grid)
+            against_peers(ranked[0], pool, log)
+            log.close()
+            return 0
         if args.stage == "peers":  # only the comparison of --base with the peers
             against_peers(best, pool, log)
             log.close()

@@ -68,3 +68,47 @@ def test_replay_equals_the_beam_job(tmp_path):
     labels = bench_quality.labels_of(parsed)
     assert summary["log_loss_with_random_effects"] == pytest.approx(bench_quality.log_loss(ours.margins, labels),
                                                                     rel=1e-12)
+
+
+def _small_stream():
+    stream = ClickStream(StreamConfig(num_users=60, hours=1.0, impressions_per_user_hour=8.0, seed=3))
+    from transforms.examples import ExampleParser
+    parser = ExampleParser(entity_field="userId", timestamp_field="timestamp")
+    return [parser.parse(record) for record in stream.examples()]
+
+
+def test_interval_by_interval_replay_without_cross_entity_terms_is_the_replay():
+    # quality_experiments' prototypes of cross-entity learning replay interval by interval across
+    # entities; with neither the population nor the global coordinate, that must be exactly the
+    # entity-by-entity replay the job is held to.
+    import quality_experiments as qe
+    examples = _small_stream()
+    config = UpdateConfig()
+    margins, failures = qe.replay_by_interval(examples, {}, config)
+    expected = bench_quality.replay(examples, {}, config)
+    assert failures == expected.failures == 0
+    assert margins.tolist() == expected.margins.tolist()
+    # The global coordinate changes the scores, from the second interval on only.
+    with_global, _ = qe.replay_by_interval(examples, {}, config, global_coordinate="independent")
+    first_end = min(end for batches in bench_quality.minibatches(examples, 60_000).values() for end, _ in batches)
+    first = [i for i, ex in enumerate(examples) if ex.timestamp_ms < first_end]
+    assert first and with_global[first].tolist() == margins[first].tolist()
+    assert not np.array_equal(with_global, margins)
+
+
+def test_online_population_cold_model_uses_the_total_variance_of_each_coefficient():
+    import quality_experiments as qe
+    from transforms.models import INTERCEPT, RandomEffectModel
+    population = qe.OnlinePopulation(min_count=2)
+    f = ("ad_format", "video")
+    population.fold("a", RandomEffectModel("a", (INTERCEPT, f), np.array([1.0, 2.0]), np.array([4.0, 2.0])))
+    population.fold("b", RandomEffectModel("b", (INTERCEPT,), np.array([3.0]), np.array([4.0])))
+    cold = population.cold_model("c")
+    assert cold.feature_names == (INTERCEPT,)  # one model only has f: below min_count
+    # means 1 and 3: mean 2, their variance 1, plus the mean variance 1/4
+    assert cold.means.tolist() == [2.0] and cold.precisions.tolist() == [1.0 / 1.25]
+    # A model folded again replaces its earlier contribution.
+    population.fold("b", RandomEffectModel("b", (INTERCEPT, f), np.array([1.0, 4.0]), np.array([4.0, 2.0])))
+    cold = population.cold_model("c")
+    assert cold.feature_names == (INTERCEPT, f)
+    assert cold.means.tolist() == [1.0, 3.0] and cold.precisions.tolist() == [4.0, 1.0 / 1.5]
