@@ -35,10 +35,10 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg.lapack import dposv as _dposv
 
-try:  # scipy's own CSR kernel, called without ``X @ v``'s ~5 us of Python dispatch per product
-    from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
-except ImportError:  # pragma: no cover - a scipy that moved it: the public product does the same
-    _csr_matvec = None
+try:  # scipy's own CSR kernels, called without ``X @ v``'s ~5 us of Python dispatch per product
+    from scipy.sparse._sparsetools import csr_matvec as _csr_matvec, csr_todense as _csr_todense
+except ImportError:  # pragma: no cover - a scipy that moved them: the public methods do the same
+    _csr_matvec = _csr_todense = None
 
 from ._indexed import HessianType
 from ._loss import LossFamily
@@ -130,6 +130,16 @@ class DesignMatrix:
                 XT = self._XT
                 self._squared = sparse.csr_matrix((XT.data * XT.data, XT.indices, XT.indptr), shape=XT.shape)
         return d2 @ self._squared if self.dense else self._squared @ d2
+
+
+def _to_dense(X) -> np.ndarray:
+    """``X.toarray()`` of a CSR matrix through scipy's kernel (duplicates summed, as there)."""
+    if _csr_todense is None or X.format != "csr":
+        return X.toarray()
+    n, k = X.shape
+    out = np.zeros((n, k))
+    _csr_todense(n, k, X.indptr, X.indices, X.data.astype(np.float64, copy=False), out)
+    return out
 
 
 def _sparse_product(X, arrays, v: np.ndarray) -> np.ndarray:
@@ -333,7 +343,7 @@ class NewtonSolver:
                 # Which columns the data uses, read off the sparse structure (cheaper than a dense scan).
                 used = np.diff(X.indptr) > 0 if X.format == "csc" else np.bincount(X.indices, minlength=d) > 0
             if n * d <= _DENSE_MAX_ENTRIES:
-                X = X.toarray()
+                X = _to_dense(X)
         elif diagonal_prior:
             used = np.any(X, axis=0)
         self.columns = None
@@ -347,15 +357,16 @@ class NewtonSolver:
         else:
             self.prior_diag, self.prior_matrix = None, self.prior.hessian_matrix()
         self.design = DesignMatrix(X, self.columns, allow_sparse=diagonal_prior)
-        self._positive_prior = self.prior_diag is not None and bool((self.prior_diag > 0).all())
+        diag = self.prior_diag
+        self._positive_prior = diag is not None and (diag.size == 0 or bool(diag.min() > 0))
 
     # ----- the objective -----------------------------------------------------------------------
     def evaluate(self, t: np.ndarray):
         """(objective, data loss, first and second derivatives per example, prior gradient) at ``t``."""
         margin = self.design.dot(t) + self.offsets
         data_f, d1, d2 = self.family.terms(margin, self.y, self.w)
-        prior = self.active_prior
-        return data_f + prior.value(t), data_f, d1, d2, prior.gradient(t)
+        prior_f, prior_g = self.active_prior.value_and_gradient(t)
+        return data_f + prior_f, data_f, d1, d2, prior_g
 
     def inner_solve(self, d2: np.ndarray, g: np.ndarray) -> Optional[Step]:
         """The Newton direction by the inner solve ``choose_inner_solve`` picks."""

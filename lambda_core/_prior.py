@@ -136,6 +136,18 @@ class QuadraticPrior:
             grad = grad + self.scale * (dev * self.precision if self.matrix is None else self.matrix @ dev)
         return grad
 
+    def value_and_gradient(self, theta: np.ndarray) -> Tuple[float, np.ndarray]:
+        """``(Q(theta), its gradient)`` from one set of deviations: what every evaluation of the
+        solver asks for (fewer array operations than ``value`` then ``gradient``)."""
+        rdev = self._ridge_dev(theta)
+        ridge_grad = self.ridge * rdev
+        value = 0.5 * float(rdev @ ridge_grad)
+        if not self.scale:
+            return value, ridge_grad
+        dev = theta - self.center
+        pdev = dev * self.precision if self.matrix is None else self.matrix @ dev
+        return value + 0.5 * self.scale * float(dev @ pdev), ridge_grad + self.scale * pdev
+
     def hessian_diagonal(self) -> np.ndarray:
         """The diagonal of ``Q``'s Hessian (a new array)."""
         p = self.precision if self.matrix is None else np.diagonal(self.matrix)
