@@ -335,7 +335,7 @@ def against_peers(best: Candidate, pool, log) -> bool:
     rows = dict(zip(cases, pool.map(peers, cases, chunksize=1)))
     ours = run([best], REPORT_ON + CHOOSE_ON, pool)[best]
     lines = [f"\n### {best.label()} against the best-tuned peers (measured in this run)\n",
-             "| stream | offline models | River best | VW best | seed defaults | candidate | lead over best peer |",
+             "| stream | offline models | River best | VW best | job defaults | candidate | lead over best peer |",
              "|---|---|---|---|---|---|---|"]
     leads = []
     for case in cases:
