@@ -208,7 +208,8 @@ def _update_small(rows, labels, weights, offsets, mean, precisions, d, family, p
         theta, loss = solution.theta, solution.loss
     else:
         # Columns the mini-batch does not touch decouple under a diagonal prior: each takes its
-        # closed-form optimum (``QuadraticPrior.minimiser``, here on lists) and adds its prior term.
+        # closed-form optimum and adds its prior term (``QuadraticPrior.minimiser`` and ``value`` on
+        # lists; tests/test_fast_paths.py holds the result to the general path's, which uses those).
         theta = []
         rr = dp = 0.0
         for j, (c, p, r) in enumerate(zip(theta0, precision, ridge)):
