@@ -138,10 +138,13 @@ class QuadraticPrior:
 
     def value_and_gradient(self, theta: np.ndarray) -> Tuple[float, np.ndarray]:
         """``(Q(theta), its gradient)`` from one set of deviations: what every evaluation of the
-        solver asks for (fewer array operations than ``value`` then ``gradient``)."""
+        solver asks for (fewer array operations than ``value`` then ``gradient``, the same floats)."""
         rdev = self._ridge_dev(theta)
         ridge_grad = self.ridge * rdev
-        value = 0.5 * float(rdev @ ridge_grad)
+        if self._scalar_ridge:
+            value = 0.5 * self.ridge * float(rdev @ rdev)
+        else:
+            value = 0.5 * float(rdev @ ridge_grad)
         if not self.scale:
             return value, ridge_grad
         dev = theta - self.center

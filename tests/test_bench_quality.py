@@ -96,6 +96,29 @@ def test_interval_by_interval_replay_without_cross_entity_terms_is_the_replay():
     assert not np.array_equal(with_global, margins)
 
 
+@pytest.mark.parametrize("variant", ["population", "independent", "residual"])
+def test_cross_entity_prototypes_never_look_ahead(variant):
+    # Change every label of one interval: no score of that interval or before may move, since no
+    # mini-batch may see anything of its own interval or later; later scores must move.
+    import quality_experiments as qe
+    examples = _small_stream()
+    config = UpdateConfig()
+    ends = sorted({end for batches in bench_quality.minibatches(examples, 60_000).values() for end, _ in batches})
+    cut = ends[len(ends) // 2]
+    flipped = [ex._replace(label=1.0 - ex.label) if cut - 60_000 <= ex.timestamp_ms < cut else ex for ex in examples]
+
+    def margins(stream):
+        if variant == "population":
+            return qe.replay_by_interval(stream, {}, config, population=qe.OnlinePopulation(min_count=1))[0]
+        return qe.replay_by_interval(stream, {}, config, global_coordinate=variant)[0]
+
+    before, after = margins(examples), margins(flipped)
+    upto = np.array([ex.timestamp_ms < cut for ex in examples])
+    assert upto.any() and (~upto).any()
+    assert before[upto].tolist() == after[upto].tolist()
+    assert not np.array_equal(before[~upto], after[~upto])
+
+
 def test_online_population_cold_model_uses_the_total_variance_of_each_coefficient():
     import quality_experiments as qe
     from transforms.models import INTERCEPT, RandomEffectModel
@@ -112,3 +135,9 @@ def test_online_population_cold_model_uses_the_total_variance_of_each_coefficien
     cold = population.cold_model("c")
     assert cold.feature_names == (INTERCEPT, f)
     assert cold.means.tolist() == [1.0, 3.0] and cold.precisions.tolist() == [4.0, 1.0 / 1.5]
+    # Only the means learned: the penalty as precision.
+    only_means = qe.OnlinePopulation(min_count=2, precision="penalty")
+    for entity in ("a", "b"):
+        only_means.fold(entity, RandomEffectModel(entity, (INTERCEPT,), np.array([2.0]), np.array([4.0])))
+    cold = only_means.cold_model("c", penalty=3.0)
+    assert cold.means.tolist() == [2.0] and cold.precisions.tolist() == [3.0]

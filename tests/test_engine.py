@@ -287,6 +287,25 @@ def test_forgetting_targets(target):
     assert same.minimiser().tolist() == mean.tolist() and same.hessian_diagonal().tolist() == precision.tolist()
 
 
+@pytest.mark.parametrize("target", FORGETTING_TARGETS)
+@pytest.mark.parametrize("kind", ["diagonal", "matrix"])
+@pytest.mark.parametrize("delta", [0.0, 0.3, 1.0])
+def test_prior_value_and_gradient_are_value_and_gradient_to_the_bit(target, kind, delta):
+    # The solver's one call per evaluation must give the very floats of the two separate ones.
+    rng = np.random.default_rng(sum(map(ord, target + kind)) + int(delta * 10))
+    for d in (1, 3, 8):
+        mean, precision = rng.normal(size=d), rng.uniform(0.1, 20.0, d)
+        A = rng.normal(size=(d, d))
+        matrix = A @ A.T + np.eye(d) if kind == "matrix" else None
+        prior = QuadraticPrior.sequential(mean, None if matrix is not None else precision, matrix, 3.0, delta,
+                                          target, (rng.normal(size=d // 2), rng.uniform(1.0, 3.0, d // 2)))
+        for _ in range(20):
+            theta = rng.normal(scale=3.0, size=d)
+            value, gradient = prior.value_and_gradient(theta)
+            assert value == prior.value(theta)
+            assert gradient.tolist() == prior.gradient(theta).tolist()
+
+
 def test_target_initial_remembers_the_initial_model_across_updates():
     from transforms.models import RandomEffectModel
     from transforms.state import decode_model, encode_model
