@@ -117,39 +117,25 @@ class QuadraticPrior:
     def _ridge_dev(self, theta: np.ndarray) -> np.ndarray:
         return theta if self.anchor is None else theta - self.anchor
 
-    def value(self, theta: np.ndarray) -> float:
-        """``Q(theta)``."""
-        rdev = self._ridge_dev(theta)
-        ridge = self.ridge
-        value = 0.5 * ridge * float(rdev @ rdev) if self._scalar_ridge else 0.5 * float(rdev @ (ridge * rdev))
-        if self.scale:
-            dev = theta - self.center
-            pdev = dev * self.precision if self.matrix is None else self.matrix @ dev
-            value += 0.5 * self.scale * float(dev @ pdev)
-        return value
-
-    def gradient(self, theta: np.ndarray) -> np.ndarray:
-        """The gradient of ``Q``."""
-        grad = self.ridge * self._ridge_dev(theta)
-        if self.scale:
-            dev = theta - self.center
-            grad = grad + self.scale * (dev * self.precision if self.matrix is None else self.matrix @ dev)
-        return grad
-
     def value_and_gradient(self, theta: np.ndarray) -> Tuple[float, np.ndarray]:
         """``(Q(theta), its gradient)`` from one set of deviations: what every evaluation of the
-        solver asks for (fewer array operations than ``value`` then ``gradient``, the same floats)."""
+        solver asks for."""
         rdev = self._ridge_dev(theta)
         ridge_grad = self.ridge * rdev
-        if self._scalar_ridge:
-            value = 0.5 * self.ridge * float(rdev @ rdev)
-        else:
-            value = 0.5 * float(rdev @ ridge_grad)
+        value = 0.5 * self.ridge * float(rdev @ rdev) if self._scalar_ridge else 0.5 * float(rdev @ ridge_grad)
         if not self.scale:
             return value, ridge_grad
         dev = theta - self.center
         pdev = dev * self.precision if self.matrix is None else self.matrix @ dev
         return value + 0.5 * self.scale * float(dev @ pdev), ridge_grad + self.scale * pdev
+
+    def value(self, theta: np.ndarray) -> float:
+        """``Q(theta)``."""
+        return self.value_and_gradient(theta)[0]
+
+    def gradient(self, theta: np.ndarray) -> np.ndarray:
+        """The gradient of ``Q``."""
+        return self.value_and_gradient(theta)[1]
 
     def hessian_diagonal(self) -> np.ndarray:
         """The diagonal of ``Q``'s Hessian (a new array)."""

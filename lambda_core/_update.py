@@ -23,7 +23,7 @@ from ._newton import FAILED, NewtonSolver
 from ._prior import QuadraticPrior
 from ._small import Row, newton_small
 
-_isfinite, _INF = math.isfinite, math.inf
+_isfinite = math.isfinite
 _DENSE_ENTRIES = 60_000  # below this many matrix entries a mini-batch's design matrix is dense
 
 
@@ -115,30 +115,31 @@ def update_entity(rows: Sequence[Row], labels: Sequence[float], weights: Sequenc
                            hessian_type, target, reference)
 
 
-def _check(theta: np.ndarray, hessian):
+def _all_finite(values) -> bool:
+    """Whether every value is finite: one numpy pass for an array, one Python pass for a list (a
+    solution of the plain-Python path, where numpy's per-call cost exceeds the work)."""
+    if isinstance(values, np.ndarray):
+        return bool(np.isfinite(values).all())
+    # A sum of finite numbers is finite unless it overflows: only then look at each.
+    return _isfinite(sum(values)) or all(map(_isfinite, values))
+
+
+def _check(theta, hessian):
     """(why a finished training must not be kept or None, precisions, matrix): non-finite
     coefficients, or a Hessian (``hessian()`` -> (diagonal or None, matrix or None), only asked for
-    after the first check) that is not positive and finite."""
-    if not np.isfinite(theta).all():
+    after the first check) that is not positive and finite. ``theta`` and the diagonal are arrays or
+    lists; the precisions returned are an array."""
+    if not _all_finite(theta):
         return "training produced non-finite coefficients", None, None
     precisions, matrix = hessian()
-    if precisions is not None and not (np.isfinite(precisions).all() and (precisions > 0).all()):
-        return "training produced a Hessian that is not positive and finite", None, None
-    return None, precisions, matrix
-
-
-def _check_lists(theta, hessian):
-    """``_check`` for a solution on lists (one Python pass: numpy calls cost more on a few entries);
-    returns arrays."""
-    if not _isfinite(sum(theta)):  # a sum of finite numbers can overflow: then look at each
-        if not all(map(_isfinite, theta)):
-            return "training produced non-finite coefficients", None, None
-    precisions, matrix = hessian()
     if precisions is not None:
-        for p in precisions:
-            if not (p > 0.0 and p < _INF):
-                return "training produced a Hessian that is not positive and finite", None, None
-        precisions = np.array(precisions)
+        if isinstance(precisions, np.ndarray):
+            positive = bool((precisions > 0).all())
+        else:
+            positive = min(precisions, default=1.0) > 0
+        if not (_all_finite(precisions) and positive):
+            return "training produced a Hessian that is not positive and finite", None, None
+        precisions = np.asarray(precisions, dtype=np.float64)
     return None, precisions, matrix
 
 
@@ -146,10 +147,7 @@ def _result(theta, loss, warnflag, task, hessian, scores, seconds) -> EntityUpda
     if warnflag == FAILED:
         return EntityUpdate(np.asarray(theta, dtype=np.float64), None, None, None, False, f"training failed ({task})",
                             scores, seconds)
-    if isinstance(theta, list):
-        failure, precisions, matrix = _check_lists(theta, hessian)
-    else:
-        failure, precisions, matrix = _check(theta, hessian)
+    failure, precisions, matrix = _check(theta, hessian)
     theta = np.asarray(theta, dtype=np.float64)
     if failure is not None:
         return EntityUpdate(theta, None, None, None, False, failure, scores, seconds)

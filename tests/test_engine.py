@@ -290,8 +290,9 @@ def test_forgetting_targets(target):
 @pytest.mark.parametrize("target", FORGETTING_TARGETS)
 @pytest.mark.parametrize("kind", ["diagonal", "matrix"])
 @pytest.mark.parametrize("delta", [0.0, 0.3, 1.0])
-def test_prior_value_and_gradient_are_value_and_gradient_to_the_bit(target, kind, delta):
-    # The solver's one call per evaluation must give the very floats of the two separate ones.
+def test_prior_value_and_gradient_are_the_quadratic_and_value_and_gradient_to_the_bit(target, kind, delta):
+    # The solver's one call per evaluation: the quadratic of the module docstring, and the very floats
+    # of the two separate calls.
     rng = np.random.default_rng(sum(map(ord, target + kind)) + int(delta * 10))
     for d in (1, 3, 8):
         mean, precision = rng.normal(size=d), rng.uniform(0.1, 20.0, d)
@@ -304,6 +305,13 @@ def test_prior_value_and_gradient_are_value_and_gradient_to_the_bit(target, kind
             value, gradient = prior.value_and_gradient(theta)
             assert value == prior.value(theta)
             assert gradient.tolist() == prior.gradient(theta).tolist()
+            P = np.diag(prior.precision) if prior.matrix is None else prior.matrix
+            ridge = np.broadcast_to(prior.ridge, (d,))
+            anchor = np.zeros(d) if prior.anchor is None else prior.anchor
+            dev, rdev = theta - prior.center, theta - anchor
+            want = prior.scale / 2 * dev @ P @ dev + 0.5 * np.sum(ridge * rdev * rdev)
+            assert value == pytest.approx(want, rel=1e-12, abs=1e-12)
+            np.testing.assert_allclose(gradient, prior.scale * P @ dev + ridge * rdev, rtol=1e-12, atol=1e-12)
 
 
 def test_target_initial_remembers_the_initial_model_across_updates():
