@@ -146,33 +146,87 @@ def minibatches(examples: Sequence[Example], minibatch_ms: int):
     return per_entity
 
 
+GLOBAL_ENTITY = "(global)"
+
+
+def global_score(model: Optional[RandomEffectModel], example: Example) -> float:
+    """An example's margin under a global correction model (0 before it has learned anything)."""
+    if model is None:
+        return 0.0
+    means = dict(zip(model.feature_names, model.means.tolist()))
+    return means.get(model.feature_names[0], 0.0) + sum(v * means.get((n, t), 0.0) for n, t, v in example.features)
+
+
 def replay(examples: Sequence[Example], initial_models: Dict[str, RandomEffectModel], config: UpdateConfig,
-           prior_transform: Optional[PriorTransform] = None) -> Replay:
+           prior_transform: Optional[PriorTransform] = None, population=None,
+           global_coordinate: str = "") -> Replay:
     """Apply ``train_minibatch`` to every entity's mini-batches in order, as the Beam job does.
 
-    ``prior_transform(model, entity_id, window_end_ms)``, if given, rewrites the model before each
-    update (``None`` for an entity not seen yet): this is how benchmarks/quality_experiments.py
-    prototypes forgetting rules and cold priors without touching the job's code.
+    Interval by interval across entities (each entity's updates in the job's order, which is all the
+    job's result depends on), so that the prototypes of cross-entity learning in
+    benchmarks/quality_experiments.py see nothing of a mini-batch's own interval or later:
+
+    * ``prior_transform(model, entity_id, window_end_ms)`` rewrites the model before each update
+      (``None`` for an entity not seen yet): prototypes of forgetting rules and cold priors;
+    * ``population`` (``fold(entity, model)``, ``cold_model(entity, penalty)``): a cold entity starts
+      from the population of the models as of the end of the previous interval;
+    * ``global_coordinate``: a second GAME coordinate, one global model of the same features learned
+      interval by interval with the same update; every example's offset is raised by its score under
+      the global model as of the end of the previous interval, for scoring and training alike.
+      ``"independent"`` trains the global model on the examples' own offsets, ``"residual"`` on the
+      offset plus the entity's score (coordinate descent).
     """
-    minibatch_ms = int(round(config.minibatch_seconds * 1000))
     chunk = int(getattr(config, "max_minibatch_size", 0) or len(examples) or 1)
-    margins = np.full(len(examples), np.nan)
-    models, updates, failures = {}, 0, 0
-    for entity, batches in sorted(minibatches(examples, minibatch_ms).items()):
-        model = initial_models.get(entity)
+    per_interval: Dict[int, list] = defaultdict(list)
+    for entity, batches in minibatches(examples, int(round(config.minibatch_seconds * 1000))).items():
         for end, positions in batches:
+            per_interval[end].append((entity, positions))
+    margins = np.full(len(examples), np.nan)
+    models, updates, failures, glob = dict(initial_models), 0, 0, None
+    if population is not None:
+        for entity, model in models.items():
+            population.fold(entity, model)
+    for end in sorted(per_interval):
+        trained, residual_offsets = [], {}
+        for entity, positions in sorted(per_interval[end]):
+            model, updated = models.get(entity), None
             for start in range(0, len(positions), chunk):
                 part = positions[start:start + chunk]
                 prior = prior_transform(model, entity, end) if prior_transform is not None else model
-                result = train_minibatch(prior, entity, [examples[i] for i in part], end, config)
+                if prior is None and population is not None:
+                    prior = population.cold_model(entity, config.penalty)
+                raised = [global_score(glob, examples[i]) if global_coordinate else 0.0 for i in part]
+                batch = [examples[i]._replace(offset=examples[i].offset + g) if global_coordinate else examples[i]
+                         for i, g in zip(part, raised)]
+                result = train_minibatch(prior, entity, batch, end, config)
                 margins[part] = result.model_scores
                 updates += 1
+                if global_coordinate == "residual":  # the offset plus the entity's score
+                    for i, score, g in zip(part, result.model_scores, raised):
+                        residual_offsets[i] = score - g
                 if result.failure is None:
-                    model = result.model
+                    model = updated = result.model
                 else:
                     failures += 1
-        models[entity] = model
-    return Replay(models, margins, updates, failures)
+            if updated is not None:
+                trained.append((entity, updated))
+        for entity, model in trained:  # seen by others only from the next interval on
+            models[entity] = model
+            if population is not None:
+                population.fold(entity, model)
+        if global_coordinate:
+            order = sorted((i for _, positions in per_interval[end] for i in positions),
+                           key=lambda i: (examples[i].timestamp_ms, examples[i].uid or ""))
+            batch = [examples[i]._replace(offset=residual_offsets[i]) if residual_offsets else examples[i]
+                     for i in order]
+            for start in range(0, len(batch), chunk):
+                result = train_minibatch(glob, GLOBAL_ENTITY, batch[start:start + chunk], end, config)
+                if result.failure is None:
+                    glob = result.model
+                else:
+                    failures += 1
+    seen = sorted({entity for batches in per_interval.values() for entity, _ in batches})
+    return Replay({entity: models.get(entity) for entity in seen}, margins, updates, failures)
 
 
 # ---------------------------------------------------------------------------------------------------

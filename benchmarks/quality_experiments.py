@@ -28,8 +28,8 @@ only by event time, ``--forgetting-half-life-seconds``); ``--stage variants`` ch
 defaults one setting at a time (half-life, random walk, a cold intercept precision other than the
 penalty, marginal precisions ``1 / diag(H^-1)`` kept instead of ``diag(H)``, and the cold prior
 ``online-population``: a new entity starts from the population of the entities' current models,
-``OnlinePopulation``; and a global correction coordinate, ``global_coordinate``: both replayed
-interval by interval across entities, ``replay_by_interval``). Candidates are ranked on the streams other than the demo's
+``OnlinePopulation``; and a global correction coordinate, ``global_coordinate``: both in
+``bench_quality.replay``, which runs interval by interval across entities). Candidates are ranked on the streams other than the demo's
 (mean progressive log loss over streams x with/without offline models); the demo is reported after.
 """
 
@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_quality as bq  # noqa: E402
 from transforms.models import INTERCEPT, RandomEffectModel  # noqa: E402
-from transforms.update import UpdateConfig, train_minibatch  # noqa: E402
+from transforms.update import UpdateConfig  # noqa: E402
 
 HOUR_MS = 3_600_000
 CHOOSE_ON = ("drift", "new-users", "rare-clicks")
@@ -73,7 +73,7 @@ class Candidate:
     cold_intercept_precision: float = 0.0
     # With hessian "full": keep 1 / diag(H^-1) (the marginal precisions) between updates, not H.
     marginal_precisions: bool = False
-    # "" (none), "independent" or "residual": a global correction coordinate (replay_by_interval).
+    # "" (none), "independent" or "residual": a global correction coordinate (bench_quality.replay).
     global_coordinate: str = ""
 
     def label(self) -> str:
@@ -169,79 +169,6 @@ class OnlinePopulation:
                                  np.array([table[nt][1] for nt in names]))
 
 
-GLOBAL_ENTITY = "(global)"
-
-
-def global_score(model: Optional[RandomEffectModel], example) -> float:
-    """The global correction's margin for an example (0 before it has learned anything)."""
-    if model is None:
-        return 0.0
-    means = dict(zip(model.feature_names, model.means.tolist()))
-    return means.get(INTERCEPT, 0.0) + sum(v * means.get((n, t), 0.0) for n, t, v in example.features)
-
-
-def replay_by_interval(examples, initial: Dict[str, RandomEffectModel], config: UpdateConfig,
-                       population: Optional["OnlinePopulation"] = None, global_coordinate: str = ""):
-    """``bench_quality.replay`` in event-time order across entities, interval by interval, for what
-    needs the other entities: (margins, failed updates).
-
-    ``population``: a cold entity starts from the population of the models before its interval.
-    ``global_coordinate``: a second GAME coordinate, one global model of the same features, learned
-    interval by interval with the job's update; every example's offset is raised by its score under
-    the global model as of the end of the previous interval, for scoring and training alike.
-    ``"independent"`` trains the global model on the examples' own offsets (nothing flows back from
-    the entities' models); ``"residual"`` on the offset plus the entity's score (coordinate descent).
-    """
-    per_interval: Dict[int, list] = {}
-    for entity, batches in bq.minibatches(examples, int(round(config.minibatch_seconds * 1000))).items():
-        for end, positions in batches:
-            per_interval.setdefault(end, []).append((entity, positions))
-    margins = np.full(len(examples), np.nan)
-    models, failures, glob = dict(initial), 0, None
-    if population is not None:
-        for entity, model in models.items():
-            population.fold(entity, model)
-    for end in sorted(per_interval):
-        trained, residual_offsets = [], {}
-        for entity, positions in sorted(per_interval[end]):
-            model, updated = models.get(entity), None
-            if model is None and population is not None:
-                model = population.cold_model(entity, config.penalty)
-            for start in range(0, len(positions), config.max_minibatch_size):  # the job's chunks
-                part = positions[start:start + config.max_minibatch_size]
-                raised = [global_score(glob, examples[i]) if global_coordinate else 0.0 for i in part]
-                batch = [examples[i]._replace(offset=examples[i].offset + g) if global_coordinate else examples[i]
-                         for i, g in zip(part, raised)]
-                result = train_minibatch(model, entity, batch, end, config)
-                margins[part] = result.model_scores
-                if global_coordinate == "residual":  # the offset plus the entity's score
-                    for i, score, g in zip(part, result.model_scores, raised):
-                        residual_offsets[i] = score - g
-                if result.failure is None:
-                    model = updated = result.model
-                else:
-                    failures += 1
-            if updated is not None:
-                trained.append((entity, updated))
-        for entity, model in trained:
-            models[entity] = model
-            if population is not None:
-                population.fold(entity, model)
-        if global_coordinate:
-            order = sorted((i for _, positions in per_interval[end] for i in positions),
-                           key=lambda i: (examples[i].timestamp_ms, examples[i].uid or ""))
-            batch = [examples[i]._replace(offset=residual_offsets[i]) if residual_offsets else examples[i]
-                     for i in order]
-            for start in range(0, len(batch), config.max_minibatch_size):
-                result = train_minibatch(glob, GLOBAL_ENTITY, batch[start:start + config.max_minibatch_size], end,
-                                         config)
-                if result.failure is None:
-                    glob = result.model
-                else:
-                    failures += 1
-    return margins, failures
-
-
 def prior_transform(c: Candidate, initial: Dict[str, RandomEffectModel], population: Optional[Population]):
     """The function the replay calls before each update (see the module docstring)."""
     targets: Dict[str, Dict] = {}
@@ -329,17 +256,12 @@ def evaluate(job):
                               minibatch_seconds=c.minibatch_seconds, hessian=c.hessian)
     rewrites = c.rule not in ("none", "job") or population or c.cold_intercept_precision or c.marginal_precisions
     transform = prior_transform(c, initial, population) if rewrites else None
+    online = None
+    if c.cold_prior.startswith("online-population"):
+        online = OnlinePopulation(precision={"online-population": "total", "online-population-spread": "spread",
+                                             "online-population-mean": "penalty"}[c.cold_prior])
+    result = bq.replay(stream.examples, initial, config, transform, online, c.global_coordinate)
     labels = bq.labels_of(stream)
-    if c.cold_prior.startswith("online-population") or c.global_coordinate:
-        if transform is not None:
-            raise ValueError("the interval-by-interval replay is prototyped with the job's own forgetting only")
-        population = None
-        if c.cold_prior.startswith("online-population"):
-            population = OnlinePopulation(precision={"online-population": "total", "online-population-spread": "spread",
-                                                     "online-population-mean": "penalty"}[c.cold_prior])
-        margins, failures = replay_by_interval(stream.examples, initial, config, population, c.global_coordinate)
-        return bq.log_loss(margins, labels), bq.auc(margins, labels), failures
-    result = bq.replay(stream.examples, initial, config, transform)
     return bq.log_loss(result.margins, labels), bq.auc(result.margins, labels), result.failures
 
 

@@ -78,18 +78,26 @@ def _small_stream():
 
 
 def test_interval_by_interval_replay_without_cross_entity_terms_is_the_replay():
-    # quality_experiments' prototypes of cross-entity learning replay interval by interval across
-    # entities; with neither the population nor the global coordinate, that must be exactly the
-    # entity-by-entity replay the job is held to.
-    import quality_experiments as qe
+    # bench_quality.replay runs interval by interval across entities, for the prototypes of
+    # cross-entity learning; without them that must be exactly each entity's updates in turn.
+    from transforms.update import train_minibatch
     examples = _small_stream()
     config = UpdateConfig()
-    margins, failures = qe.replay_by_interval(examples, {}, config)
+    margins, failures = np.full(len(examples), np.nan), 0
+    for entity, batches in sorted(bench_quality.minibatches(examples, 60_000).items()):
+        model = None
+        for end, positions in batches:
+            result = train_minibatch(model, entity, [examples[i] for i in positions], end, config)
+            margins[positions] = result.model_scores
+            if result.failure is None:
+                model = result.model
+            else:
+                failures += 1
     expected = bench_quality.replay(examples, {}, config)
     assert failures == expected.failures == 0
     assert margins.tolist() == expected.margins.tolist()
     # The global coordinate changes the scores, from the second interval on only.
-    with_global, _ = qe.replay_by_interval(examples, {}, config, global_coordinate="independent")
+    with_global = bench_quality.replay(examples, {}, config, global_coordinate="independent").margins
     first_end = min(end for batches in bench_quality.minibatches(examples, 60_000).values() for end, _ in batches)
     first = [i for i, ex in enumerate(examples) if ex.timestamp_ms < first_end]
     assert first and with_global[first].tolist() == margins[first].tolist()
@@ -109,8 +117,8 @@ def test_cross_entity_prototypes_never_look_ahead(variant):
 
     def margins(stream):
         if variant == "population":
-            return qe.replay_by_interval(stream, {}, config, population=qe.OnlinePopulation(min_count=1))[0]
-        return qe.replay_by_interval(stream, {}, config, global_coordinate=variant)[0]
+            return bench_quality.replay(stream, {}, config, population=qe.OnlinePopulation(min_count=1)).margins
+        return bench_quality.replay(stream, {}, config, global_coordinate=variant).margins
 
     before, after = margins(examples), margins(flipped)
     upto = np.array([ex.timestamp_ms < cut for ex in examples])
