@@ -40,7 +40,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pipeline.simulation import ClickStream, StreamConfig  # noqa: E402
 from transforms.examples import Example, ExampleParser  # noqa: E402
 from transforms.models import ModelParser, RandomEffectModel  # noqa: E402
-from transforms.update import UpdateConfig, train_minibatch  # noqa: E402
+from transforms.update import (  # noqa: E402
+    GLOBAL_MODEL_ID,
+    UpdateConfig,
+    correct_due,
+    correction_scores,
+    train_minibatch,
+)
 
 # The demo's stream is exactly pipeline/demo.py's at --size 1; the others change one or two settings
 # each, with their own seeds. Defaults are chosen on the non-demo streams only.
@@ -146,17 +152,6 @@ def minibatches(examples: Sequence[Example], minibatch_ms: int):
     return per_entity
 
 
-GLOBAL_ENTITY = "(global)"
-
-
-def global_score(model: Optional[RandomEffectModel], example: Example) -> float:
-    """An example's margin under a global correction model (0 before it has learned anything)."""
-    if model is None:
-        return 0.0
-    means = dict(zip(model.feature_names, model.means.tolist()))
-    return means.get(model.feature_names[0], 0.0) + sum(v * means.get((n, t), 0.0) for n, t, v in example.features)
-
-
 def replay(examples: Sequence[Example], initial_models: Dict[str, RandomEffectModel], config: UpdateConfig,
            prior_transform: Optional[PriorTransform] = None, population=None,
            global_coordinate: str = "") -> Replay:
@@ -173,9 +168,12 @@ def replay(examples: Sequence[Example], initial_models: Dict[str, RandomEffectMo
     * ``global_coordinate``: a second GAME coordinate, one global model of the same features learned
       interval by interval with the same update; every example's offset is raised by its score under
       the global model as of the end of the previous interval, for scoring and training alike.
-      ``"independent"`` trains the global model on the examples' own offsets, ``"residual"`` on the
-      offset plus the entity's score (coordinate descent).
+      ``"independent"`` is the job's ``--global-correction independent`` (``update.correct_due``:
+      the global model learns from the examples' own offsets), and what a ``config`` with that
+      setting runs; ``"residual"`` (a prototype) learns from the offset plus the entity's score
+      (coordinate descent).
     """
+    global_coordinate = global_coordinate or ("" if config.global_correction == "none" else config.global_correction)
     chunk = int(getattr(config, "max_minibatch_size", 0) or len(examples) or 1)
     per_interval: Dict[int, list] = defaultdict(list)
     for entity, batches in minibatches(examples, int(round(config.minibatch_seconds * 1000))).items():
@@ -195,9 +193,10 @@ def replay(examples: Sequence[Example], initial_models: Dict[str, RandomEffectMo
                 prior = prior_transform(model, entity, end) if prior_transform is not None else model
                 if prior is None and population is not None:
                     prior = population.cold_model(entity, config.penalty)
-                raised = [global_score(glob, examples[i]) if global_coordinate else 0.0 for i in part]
-                batch = [examples[i]._replace(offset=examples[i].offset + g) if global_coordinate else examples[i]
-                         for i, g in zip(part, raised)]
+                batch = [examples[i] for i in part]
+                if global_coordinate:
+                    raised = correction_scores(glob, batch)
+                    batch = [ex._replace(correction=g) for ex, g in zip(batch, raised)]
                 result = train_minibatch(prior, entity, batch, end, config)
                 margins[part] = result.model_scores
                 updates += 1
@@ -214,13 +213,16 @@ def replay(examples: Sequence[Example], initial_models: Dict[str, RandomEffectMo
             models[entity] = model
             if population is not None:
                 population.fold(entity, model)
-        if global_coordinate:
+        if global_coordinate == "independent":  # the job's own step, trained on this interval
+            flushed = correct_due(glob, {end: [examples[i] for _, positions in per_interval[end] for i in positions]},
+                                  config)
+            glob, failures = flushed.model, failures + flushed.failed_updates
+        elif global_coordinate == "residual":
             order = sorted((i for _, positions in per_interval[end] for i in positions),
                            key=lambda i: (examples[i].timestamp_ms, examples[i].uid or ""))
-            batch = [examples[i]._replace(offset=residual_offsets[i]) if residual_offsets else examples[i]
-                     for i in order]
+            batch = [examples[i]._replace(offset=residual_offsets[i]) for i in order]
             for start in range(0, len(batch), chunk):
-                result = train_minibatch(glob, GLOBAL_ENTITY, batch[start:start + chunk], end, config)
+                result = train_minibatch(glob, GLOBAL_MODEL_ID, batch[start:start + chunk], end, config.global_config)
                 if result.failure is None:
                     glob = result.model
                 else:

@@ -21,6 +21,7 @@ from transforms.io import AvroSink, JsonLinesSink, ReadModelRecords, ReadRecords
 from transforms.models import model_files
 from transforms.paths import data_files
 from transforms.random_effects import NAMESPACE, UpdateRandomEffects
+from transforms.update import GLOBAL_COORDINATE
 from transforms.validation import ProgressiveValidationFn
 
 from .options import LambdaLearnerOptions, UsageError, update_config
@@ -57,14 +58,15 @@ def check_inputs(o: LambdaLearnerOptions) -> None:
         if not files:
             raise UsageError(f"--input {o.input!r} matches no files.")
         _check_files("--input", files, o.input_format, "--input-format", "--input-format")
-    if o.initial_models:
+    for flag, path in (("--initial-models", o.initial_models), ("--initial-global-model", o.initial_global_model)):
+        if not path:
+            continue
         try:
-            files = model_files(o.initial_models, bool(o.initial_models_format or o.input_format))
+            files = model_files(path, bool(o.initial_models_format or o.input_format))
         except FileNotFoundError as err:
-            raise UsageError(f"--initial-models: {err}") from None
+            raise UsageError(f"{flag}: {err}") from None
         said_by = "--initial-models-format" if o.initial_models_format else "--input-format"
-        _check_files("--initial-models", files, o.initial_models_format or o.input_format, said_by,
-                     "--initial-models-format")
+        _check_files(flag, files, o.initial_models_format or o.input_format, said_by, "--initial-models-format")
 
 
 def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
@@ -80,10 +82,13 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
         records = pipeline | "ReadExamples" >> ReadRecords(
             o.input, o.input_format, watch_seconds=o.watch_interval_seconds if o.watch else 0,
             watch_duration_seconds=o.watch_duration_seconds)
-    initial = None
+    initial = initial_global = None
     if o.initial_models:
         initial = pipeline | "ReadInitialModels" >> ReadModelRecords(
             o.initial_models, o.initial_models_format or o.input_format)
+    if o.initial_global_model:
+        initial_global = pipeline | "ReadInitialGlobalModel" >> ReadModelRecords(
+            o.initial_global_model, o.initial_models_format or o.input_format)
 
     # Beam's local runner fires timers before a watch's watermark passes them, and holds windowed
     # files back until the watch stops: there mini-batches close by the clock, and files are per bundle.
@@ -91,7 +96,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
     out = records | "UpdateRandomEffects" >> UpdateRandomEffects(
         o.entity_field, o.timestamp_field, config=update_config(o), initial_models=initial,
         max_features=o.max_features, max_model_coefficients=o.max_model_coefficients, streaming=streaming,
-        hold_to_wall_clock=local_watch)
+        hold_to_wall_clock=local_watch, initial_global_model=initial_global)
 
     paths = {
         "updates": FileSystems.join(o.output, "updates"),
@@ -103,6 +108,18 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
     out.dead_letters | "WriteDeadLetters" >> WriteRecords(
         paths["dead_letters"], "dead-letter", ".jsonl", lambda _: JsonLinesSink(), streaming,
         o.output_window_seconds, unbounded=not bounded, per_bundle=local_watch)
+    if out.global_updates is not None:
+        paths["global_updates"] = FileSystems.join(o.output, "global-updates")
+        out.global_updates | "WriteGlobalUpdates" >> WriteRecords(
+            paths["global_updates"], "global-updates", ".avro", lambda _: AvroSink("ModelUpdateAvro"), streaming,
+            o.output_window_seconds, unbounded=not bounded, per_bundle=local_watch)
+    if bounded and out.global_updates is not None:
+        latest_global = [out.global_updates] + (
+            [out.initial_global_model] if out.initial_global_model is not None else [])
+        global_snapshot = WriteSnapshot(o.output, GLOBAL_COORDINATE, o.entity_field, o.feature_shard, o.trainer,
+                                        fixed_effect=True)
+        latest_global | "AllGlobalModels" >> beam.Flatten() | "WriteGlobalSnapshot" >> global_snapshot
+        paths["global_snapshot"] = global_snapshot.base
     if bounded:
         latest = [out.updates] + ([out.initial_models] if out.initial_models is not None else [])
         snapshot = WriteSnapshot(o.output, coordinate, o.entity_field, o.feature_shard, o.trainer,
@@ -207,6 +224,7 @@ def write_summary(m: Dict[str, Any], options: PipelineOptions, paths: Dict[str, 
         "failed_updates": m.get("failed_updates", 0),
         "initial_models": m.get("initial_models", 0),
         "cold_start_entities": m.get("cold_start_entities", 0),
+        "global_correction": o.global_correction,
         "dead_letters": m.get("dead_letters", 0),
         "dead_letters_by_reason": dead_by_reason,
         "minibatch_size": m.get("minibatch_size"),
@@ -218,6 +236,9 @@ def write_summary(m: Dict[str, Any], options: PipelineOptions, paths: Dict[str, 
         # Wall clock at the update minus its interval's end: how fresh a live job's updates are
         # (in batch, over old data, it is the data's age, so it is left out).
         summary["update_latency_ms"] = m["update_latency_ms"]
+    if o.global_correction != "none":
+        summary.update(global_updates=m.get("global_updates", 0), global_failed_updates=m.get("global_failed_updates", 0),
+                       global_late_examples=m.get("global_late_examples", 0))
     summary.update(extra or {})
     path = FileSystems.join(o.output, SUMMARY_FILE)
     with FileSystems.create(path) as f:
@@ -235,6 +256,11 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"duplicates {s['duplicates']:,}, in failed updates {s['examples_failed']:,}",
         f"  model updates       {s['updates']:>10,}   failed {s['failed_updates']:,}",
         f"  entities            cold starts {s['cold_start_entities']:,}, initial models loaded {s['initial_models']:,}",
+    ]
+    if s.get("global_correction", "none") != "none":
+        lines.append(f"  global correction   {s.get('global_updates', 0):>10,}   updates, failed "
+                     f"{s.get('global_failed_updates', 0):,}, late examples {s.get('global_late_examples', 0):,}")
+    lines += [
         f"  dead letters        {s['dead_letters']:>10,}",
     ]
     for reason, n in s["dead_letters_by_reason"].items():
@@ -255,7 +281,7 @@ def format_summary(s: Dict[str, Any]) -> str:
     lines.append("")
     lines.append("Outputs:")
     for name, path in s["outputs"].items():
-        lines.append(f"  {name:<14}{path}")
+        lines.append(f"  {name:<16}{path}")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ from typing import List
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from lambda_core import FORGETTING_TARGETS, TRAINERS
-from transforms.update import FORGETTING_CLOCKS, HESSIANS, UpdateConfig
+from transforms.update import FORGETTING_CLOCKS, GLOBAL_CORRECTIONS, HESSIANS, UpdateConfig
 
 from . import flink  # declares the Flink runner's fault-tolerance flags; FlinkRunner defaults
 
@@ -60,6 +60,13 @@ class LambdaLearnerOptions(PipelineOptions):
             default=UpdateConfig.dedup_horizon_seconds,
             help="an example whose uid its entity trained on within this much event time is a duplicate "
                  "(dead letter, not trained again); 0: off")
+        add("--global-correction", dest="global_correction", default=UpdateConfig.global_correction,
+            help=f"one of {', '.join(GLOBAL_CORRECTIONS)}: independent adds a second coordinate, one global "
+                 "model learned interval by interval from every example, whose score raises each example's "
+                 "offset before its entity's model sees it (see the README)")
+        add("--initial-global-model", dest="initial_global_model",
+            help="the global correction model to start from: a snapshot's fixed-effect/global-correction "
+                 "directory, a model file or glob (the newest record is used)")
         add("--coordinate", dest="coordinate", help="random-effect coordinate name (default: the entity field)")
         add("--feature-shard", dest="feature_shard", default="features", help="feature shard name for id-info")
         add("--max-features", dest="max_features", type=int, default=1000, help="per example")
@@ -124,7 +131,7 @@ def update_config(o: LambdaLearnerOptions) -> UpdateConfig:
                         minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
                         coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds,
                         forgetting_half_life_seconds=half_life, forgetting_clock=o.forgetting_clock,
-                        forgetting_target=o.forgetting_target)
+                        forgetting_target=o.forgetting_target, global_correction=o.global_correction)
 
 
 def validate(options: PipelineOptions) -> None:
@@ -146,6 +153,8 @@ def validate(options: PipelineOptions) -> None:
         # UpdateConfig names the field first ("forgetting_factor must be ..."): say it as the flag.
         field, _, rest = str(err).partition(" ")
         raise UsageError(f"--{field.replace('_', '-')} {rest}") from None
+    if o.initial_global_model and o.global_correction == "none":
+        raise UsageError("--initial-global-model needs --global-correction independent.")
     for flag, value in (("--max-features", o.max_features),
                         ("--max-model-coefficients", o.max_model_coefficients),
                         ("--snapshot-shards", o.snapshot_shards)):

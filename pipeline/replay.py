@@ -28,9 +28,10 @@ from transforms.avro_encoding import ModelContainerWriter
 from transforms.examples import DeadLetter, ExampleParser
 from transforms.formats import is_blank, to_json
 from transforms.io import read_path_records
-from transforms.models import ModelParser, coordinate_dir, model_files, write_snapshot
+from transforms.models import ModelParser, coordinate_dir, fixed_effect_dir, model_files, write_snapshot
 from transforms.paths import data_files
-from transforms.replay import EntityReplay, PeriodicBatchReplay
+from transforms.replay import EntityReplay, GlobalReplay, PeriodicBatchReplay
+from transforms.update import GLOBAL_COORDINATE
 from transforms.validation import ProgressiveValidation
 from transforms.worker import tune_garbage_collection
 
@@ -65,6 +66,9 @@ class _NoOutputs:
     def update(self, record: dict) -> None:
         pass
 
+    def global_update(self, record: dict) -> None:
+        pass
+
     def dead_letter(self, dead: DeadLetter) -> None:
         pass
 
@@ -76,15 +80,24 @@ class _Outputs(_NoOutputs):
     """A shard's files, written as it goes (one part per kind and shard, like a job's shards)."""
 
     def __init__(self, output: str, shard: int, shards: int):
+        self.output = output
         part = f"{shard:05d}-of-{shards:05d}"
         self.updates_path = FileSystems.join(output, "updates", f"updates-{part}.avro")
         self.dead_path = FileSystems.join(output, "dead-letter", f"dead-letter-{part}.jsonl")
         self._updates_file = FileSystems.create(self.updates_path)
         self._updates = ModelContainerWriter(self._updates_file, "ModelUpdateAvro")
         self._dead_file = None
+        self._global_file = self._global = None
 
     def update(self, record: dict) -> None:
         self._updates.write(record)
+
+    def global_update(self, record: dict) -> None:
+        if self._global is None:
+            self._global_file = FileSystems.create(
+                FileSystems.join(self.output, "global-updates", "global-updates-00000-of-00001.avro"))
+            self._global = ModelContainerWriter(self._global_file, "ModelUpdateAvro")
+        self._global.write(record)
 
     def dead_letter(self, dead: DeadLetter) -> None:
         if self._dead_file is None:
@@ -96,6 +109,9 @@ class _Outputs(_NoOutputs):
         self._updates_file.close()
         if self._dead_file is not None:
             self._dead_file.close()
+        if self._global is not None:
+            self._global.flush()
+            self._global_file.close()
 
 
 class _Distribution:
@@ -132,6 +148,7 @@ class _Shard:
         self.sizes, self.micros = _Distribution(), _Distribution()
         self.validation = validation
         self.models: Dict[str, Any] = {}
+        self.global_model = None  # the global correction model: every shard trains the same one
 
     def merge(self, other: "_Shard") -> "_Shard":
         self.counts.update(other.counts)
@@ -167,7 +184,11 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
     counts, sizes, micros, validation = result.counts, result.sizes, result.micros, result.validation
     baseline_hours = replay_options.batch_baseline_hours
     baseline = PeriodicBatchReplay(config, int(round(baseline_hours * 3_600_000))) if baseline_hours else None
-    state = EntityReplay(config, None if lateness == -1 else int(round(lateness * 1000)))
+    lateness_ms = None if lateness == -1 else int(round(lateness * 1000))
+    state = EntityReplay(config, lateness_ms)
+    # Every shard trains the global correction model on every example, so each passes its entities
+    # the corrections the one-process replay (and the job) would.
+    glob = GlobalReplay(config, lateness_ms) if config.global_correction != "none" else None
     out = _Outputs(o.output, shard, shards) if write_outputs and baseline is None else _NoOutputs()
 
     def mine(entity_id: Optional[str]) -> bool:
@@ -197,7 +218,36 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
             if flush.updates:
                 progress.update_made(len(flush.updates))
 
+    def passed_on(corrected) -> None:
+        """A global correction flush: its examples to their entities, its updates out (shard 0)."""
+        if corrected is None:
+            return
+        for ex in corrected.examples:
+            if mine(ex.entity_id):
+                state.buffer_example(ex)
+        if first:
+            for record in corrected.updates:
+                out.global_update(record)
+            counts["global_updates"] += len(corrected.updates)
+            counts["global_failed_updates"] += corrected.failed_updates
+
+    def advance(timestamp_ms: int) -> None:
+        """A record with this event time was read: the watermark moves, through both stages."""
+        if glob is not None:
+            passed_on(glob.advance(timestamp_ms))
+        flushed(state.advance(timestamp_ms))
+
     models_format = o.initial_models_format or o.input_format
+    if o.initial_global_model:
+        model_parser = ModelParser(o.penalty, o.max_model_coefficients)
+        for path in model_files(o.initial_global_model, bool(models_format)):
+            for record in read_path_records(path, models_format):
+                parsed = record if isinstance(record, DeadLetter) else model_parser.parse_as_read(record)
+                if isinstance(parsed, DeadLetter):
+                    if first:
+                        dead_letter(parsed)
+                elif parsed is not None:
+                    glob.add_model(parsed)
     if o.initial_models:
         model_parser = ModelParser(o.penalty, o.max_model_coefficients)
         for path in model_files(o.initial_models, bool(models_format)):
@@ -242,28 +292,38 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
             # (entity, event time), read first only when the record may be another shard's; one
             # without them belongs to shard 0 (its dead letter).
             key = parser.key(value) if shards > 1 else None
-            if not mine(key and key[0]):
+            if glob is None and not mine(key and key[0]):
                 if key is not None:
                     flushed(state.advance(key[1]))
-            else:
-                parsed = parser.parse_decoded(record, value)
-                if not isinstance(parsed, DeadLetter):
-                    counts["examples"] += 1
-                    if baseline is not None:
-                        score_and_keep(parsed)
-                    else:
-                        flushed(state.add_example(parsed))
-                else:
+                continue
+            parsed = parser.parse_decoded(record, value)
+            if isinstance(parsed, DeadLetter):
+                if mine(key and key[0]):
                     dead_letter(parsed)
-                    key = key or parser.key(value)
-                    if key is not None:  # invalid, but its event time was read: it moves the watermark
-                        flushed(state.advance(key[1]))
+                key = key or parser.key(value)
+                if key is not None:  # invalid, but its event time was read: it moves the watermark
+                    advance(key[1])
+            elif glob is not None:  # every shard's global model learns from every example
+                glob.add_example(parsed)
+                if mine(parsed.entity_id):
+                    counts["examples"] += 1
+                advance(parsed.timestamp_ms)
+            else:
+                counts["examples"] += 1
+                if baseline is not None:
+                    score_and_keep(parsed)
+                else:
+                    flushed(state.add_example(parsed))
+    if glob is not None:
+        passed_on(glob.finish())
+        result.global_model = glob.model
+        counts["global_late_examples"] = glob.late_examples if first else 0
     if baseline is None:
         flushed(state.finish())
     out.close()
     # CPU seconds of the learner: training and scoring mini-batches (the job's updates), or the
     # baseline's scoring and retrains.
-    counts["learner_cpu_seconds"] = state.train_seconds + baseline_cpu
+    counts["learner_cpu_seconds"] = state.train_seconds + baseline_cpu + (glob.train_seconds if glob is not None else 0.0)
     if baseline is not None:
         counts.update(retrains=baseline.retrains, retrain_cpu_seconds=baseline.train_seconds)
     counts.update(late_examples=state.late_examples, initial_models=state.initial_models,
@@ -297,6 +357,8 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     if not (baseline_hours >= 0 and math.isfinite(baseline_hours)):
         raise UsageError(f"--batch-baseline-hours must be >= 0 (0: off), got {baseline_hours}.")
     processes = _processes(replay_options.processes)
+    if baseline_hours and update_config(o).global_correction != "none":
+        raise UsageError("--batch-baseline-hours retrains the entities' models alone: drop --global-correction.")
     if baseline_hours:
         if replay_options.processes > 1:
             raise UsageError("--batch-baseline-hours runs in one process: drop --processes.")
@@ -336,6 +398,12 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     snapshot = write_snapshot(models, o.output, coordinate, o.entity_field, o.feature_shard,
                               o.trainer, records_per_part=_records_per_part(len(models), o.snapshot_shards))
     paths["snapshot"] = coordinate_dir(o.output, coordinate)
+    if o.global_correction != "none":
+        paths["global_updates"] = FileSystems.join(o.output, "global-updates")
+        if result.global_model is not None:
+            write_snapshot([result.global_model], o.output, GLOBAL_COORDINATE, o.entity_field, o.feature_shard,
+                           o.trainer, fixed_effect=True)
+            paths["global_snapshot"] = fixed_effect_dir(o.output, GLOBAL_COORDINATE)
     paths["validation"] = FileSystems.join(o.output, VALIDATION_FILE)
     with FileSystems.create(paths["validation"]) as f:
         f.write(to_json(validation.report()).encode("utf-8") + b"\n")

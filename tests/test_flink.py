@@ -13,7 +13,7 @@ import sys
 import pytest
 from apache_beam.options.pipeline_options import FlinkRunnerOptions, JobServerOptions
 
-from jobutil import make_inputs, run_job, snapshot, updates_by_entity
+from jobutil import make_inputs, read_avro_dir, run_job, snapshot, updates_by_entity
 from pipeline import flink
 from pipeline.options import UsageError, parse_options
 
@@ -45,7 +45,7 @@ def summary(output):
     return json.loads((output / "summary.json").read_text())
 
 
-def assert_same_as_direct(direct, output, streaming):
+def assert_same_as_direct(direct, output, streaming, corrected=False):
     examples, _, reference = direct
     expected, got = summary(reference), summary(output)
     assert got["runner"] == "FlinkRunner" and got["streaming"] == streaming
@@ -53,8 +53,13 @@ def assert_same_as_direct(direct, output, streaming):
     # (the DirectRunner's output has one too).
     temp = [p for p in output.iterdir() if p.name.startswith(".temp")]
     assert all(not any(p.iterdir()) for p in temp)
-    assert sorted(p.name for p in output.iterdir() if p not in temp) == [
-        "dead-letter", "progressive-validation.json", "random-effect", "summary.json", "updates"]
+    assert sorted(p.name for p in output.iterdir() if p not in temp) == sorted(
+        ["dead-letter", "progressive-validation.json", "random-effect", "summary.json", "updates"]
+        + (["fixed-effect", "global-updates"] if corrected else []))
+    if corrected:  # the global correction: the same global model, updated as often
+        assert got["global_updates"] == expected["global_updates"] > 0
+        assert read_avro_dir(str(output / "fixed-effect" / "*" / "coefficients" / "*.avro")) == read_avro_dir(
+            str(reference / "fixed-effect" / "*" / "coefficients" / "*.avro"))
     assert (output / "random-effect" / "userId" / "id-info").read_text() == "userId\nfeatures\n"
     # The same models, bit for bit: each entity's updates are trained in event-time order by one
     # keyed step, whatever runner runs it, so nothing depends on the order bundles arrive in.
@@ -91,6 +96,24 @@ def test_embedded_flink_batch_gives_the_directrunners_models_and_counts(direct, 
 def test_embedded_flink_streaming_gives_the_directrunners_models_and_counts(direct, tmp_path):
     run_flink(direct[1], tmp_path / "out", "--flink_master=[local]", "--streaming")
     assert_same_as_direct(direct, tmp_path / "out", streaming=True)
+
+
+@pytest.fixture(scope="module")
+def direct_corrected(direct):
+    """The DirectRunner's batch run with the global correction, on the same input."""
+    examples, inputs, reference = direct
+    run_job(inputs, reference.parent / "direct-corrected", "--runner=DirectRunner", "--global-correction",
+            "independent")
+    return examples, inputs, reference.parent / "direct-corrected"
+
+
+def test_embedded_flink_streaming_with_the_global_correction_gives_the_directrunners_models(direct_corrected,
+                                                                                             tmp_path):
+    """The global stage (one key, its own timers) ahead of the entities' stage: Flink's watermark
+    holds pass its corrected examples on before the entities' mini-batches close, as Beam's do."""
+    run_flink(direct_corrected[1], tmp_path / "out", "--flink_master=[local]", "--streaming",
+              "--global-correction", "independent")
+    assert_same_as_direct(direct_corrected, tmp_path / "out", streaming=True, corrected=True)
 
 
 @pytest.fixture

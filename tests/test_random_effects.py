@@ -143,9 +143,10 @@ def run(records, cfg, *, initial_models=None, streaming_events=None, checks=()):
     p = TestPipeline(options=PipelineOptions(streaming=streaming), blocking=True)
     source = p | "Examples" >> (streaming_events if streaming else beam.Create(records, reshuffle=False))
     models = None if initial_models is None else p | "Models" >> beam.Create(initial_models, reshuffle=False)
+    corrected = cfg.global_correction != "none"  # the whole config: the flags' parameters have no such field
     out = source | UpdateRandomEffects("userId", "timestamp", initial_models=models, streaming=streaming,
-                                       **transform_kwargs(cfg))
-    for name in ("updates", "dead_letters", "validation"):
+                                       **(dict(config=cfg) if corrected else transform_kwargs(cfg)))
+    for name in ("updates", "dead_letters", "validation") + (("global_updates",) if corrected else ()):
         _ = getattr(out, name) | f"Collect_{name}" >> beam.Map(_collect, run_id, name)
     for label, name, matcher in checks:
         assert_that(getattr(out, name), matcher, label=label)

@@ -193,6 +193,15 @@ def test_example_version_2_keeps_the_record_as_read():
     assert decode_buffer_entry(entry) == (T0 + 60_000, EXAMPLE._replace(source=SOURCE))
 
 
+def test_example_version_3_is_version_2_then_the_global_correction():
+    corrected = EXAMPLE._replace(source=SOURCE, correction=-0.375)
+    golden_v3 = b"\x03" + GOLDEN_EXAMPLE_V2[1:] + bytes.fromhex("000000000000d8bf")  # -0.375, float64 LE
+    assert encode_example(corrected) == golden_v3
+    assert decode_example(golden_v3) == corrected
+    assert example_timestamp(golden_v3) == T0 + 123
+    assert encode_example(corrected._replace(correction=0.0)) == GOLDEN_EXAMPLE_V2  # no correction: version 2
+
+
 @pytest.mark.parametrize("version", [0, 5, 9, 255])
 def test_unknown_model_state_version_fails_with_a_clear_message(version):
     data = bytes([version]) + GOLDEN_V2_WITH_UIDS[1:]
@@ -204,8 +213,11 @@ def test_unknown_model_state_version_fails_with_a_clear_message(version):
 
 
 def test_unknown_example_version_and_damaged_bytes_fail_clearly():
-    with pytest.raises(StateDecodeError, match=r"Example state has encoding version 3, but this code reads version\(s\) 1, 2"):
-        decode_example(b"\x03" + GOLDEN_EXAMPLE_V1[1:])
+    with pytest.raises(StateDecodeError, match=r"Example state has encoding version 4, but this code reads version\(s\) 1, 2, 3"):
+        decode_example(b"\x04" + GOLDEN_EXAMPLE_V1[1:])
+    # a version-2 body read as version 3 lacks the correction: truncated, not silently wrong
+    with pytest.raises(StateDecodeError, match="truncated"):
+        decode_example(b"\x03" + encode_example(decode_example(GOLDEN_EXAMPLE_V1))[1:])
     # a version-1 body read as version 2 lacks the record flag: truncated, not silently wrong
     with pytest.raises(StateDecodeError, match="truncated"):
         decode_example(b"\x02" + GOLDEN_EXAMPLE_V1[1:])

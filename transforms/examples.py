@@ -31,6 +31,9 @@ class Example(NamedTuple):
 
     ``source`` is the record exactly as it was read (a JSON line's bytes, an Avro record as JSON),
     when the job keeps it: what a dead letter of a later stage carries (``source_payload``).
+    ``correction`` is the example's score under the global correction model (``--global-correction``;
+    0 without it): the entity's model sees ``offset + correction`` as the offset, and the progressive
+    validation's "offset only" baseline stays ``offset``.
     """
 
     entity_id: str
@@ -41,6 +44,7 @@ class Example(NamedTuple):
     offset: float
     features: Tuple[Feature, ...]
     source: Optional[bytes] = None
+    correction: float = 0.0
 
 
 def record_source(record: Any) -> bytes:

@@ -26,7 +26,15 @@ from apache_beam.utils.timestamp import Timestamp
 from .avro_encoding import container_writer
 from .examples import DeadLetter
 from .formats import AVRO, detect_format, is_data_file, to_json
-from .models import COEFFICIENTS, coordinate_dir, latest_record, model_class, model_files, write_id_info
+from .models import (
+    COEFFICIENTS,
+    coordinate_dir,
+    fixed_effect_dir,
+    latest_record,
+    model_class,
+    model_files,
+    write_id_info,
+)
 from .paths import data_files
 
 _EPOCH = Timestamp(0)
@@ -326,12 +334,15 @@ class WriteSnapshot(beam.PTransform):
 
     Input: update records and initial-model records (dicts with ``modelId``). ``id-info`` (the
     entity field and the feature shard) is written by a step of the pipeline, once, when it runs.
+    ``fixed_effect``: a global model (the global correction), under ``<output>/fixed-effect/<coordinate>/``,
+    without ``id-info``.
     """
 
     def __init__(self, output: str, coordinate: str, entity_field: str, feature_shard: str, trainer: str,
-                 shards: int = 1):
+                 shards: int = 1, fixed_effect: bool = False):
         super().__init__()
-        self.base = coordinate_dir(output, coordinate)
+        self.fixed_effect = fixed_effect
+        self.base = (fixed_effect_dir if fixed_effect else coordinate_dir)(output, coordinate)
         self.entity_field = entity_field
         self.feature_shard = feature_shard
         self.trainer = trainer
@@ -339,9 +350,10 @@ class WriteSnapshot(beam.PTransform):
 
     def expand(self, records):
         base, entity_field, feature_shard = self.base, self.entity_field, self.feature_shard
-        (records.pipeline
-         | "IdInfo" >> beam.Create([base])
-         | "WriteIdInfo" >> beam.Map(write_id_info, entity_field, feature_shard))
+        if not self.fixed_effect:
+            (records.pipeline
+             | "IdInfo" >> beam.Create([base])
+             | "WriteIdInfo" >> beam.Map(write_id_info, entity_field, feature_shard))
         modelclass = model_class(self.trainer)
         # Photon's fields plus version and windowEnd (the superset schema Photon readers read): a
         # restart from this snapshot knows when each model was last trained, which forgetting by

@@ -334,17 +334,28 @@ def coordinate_dir(output: str, coordinate: str) -> str:
     return FileSystems.join(output, "random-effect", coordinate)
 
 
+def fixed_effect_dir(output: str, coordinate: str) -> str:
+    """``<output>/fixed-effect/<coordinate>``: where Photon's GAME layout keeps a global model (its
+    ``coefficients/`` and no ``id-info``)."""
+    return FileSystems.join(output, "fixed-effect", coordinate)
+
+
 def write_snapshot(models: Iterable[RandomEffectModel], output: str, coordinate: str, entity_field: str,
                    feature_shard: str = "features", trainer: str = "sequential_bayesian_logistic",
-                   records_per_part: int = 100_000, sparsity_threshold: float = 0.0) -> Dict[str, Any]:
+                   records_per_part: int = 100_000, sparsity_threshold: float = 0.0,
+                   fixed_effect: bool = False) -> Dict[str, Any]:
     """Write the latest model of every entity in Photon's GAME layout under ``output`` (any Beam
     filesystem).
 
     Writes ``random-effect/<coordinate>/id-info`` and ``coefficients/part-NNNNN.avro`` (entities in
-    sorted order, so the files are reproducible); returns the paths and the count.
+    sorted order, so the files are reproducible); returns the paths and the count. ``fixed_effect``:
+    ``fixed-effect/<coordinate>/coefficients/`` instead, without ``id-info`` (a global model).
     """
-    base = coordinate_dir(output, coordinate)
-    write_id_info(base, entity_field, feature_shard)
+    if fixed_effect:  # a global model (the global correction): fixed-effect/<coordinate>, no id-info
+        base = fixed_effect_dir(output, coordinate)
+    else:
+        base = coordinate_dir(output, coordinate)
+        write_id_info(base, entity_field, feature_shard)
     ordered = sorted(models, key=lambda m: m.entity_id)
     parts = []
     for part, start in enumerate(range(0, max(len(ordered), 1), records_per_part)):

@@ -36,11 +36,11 @@ from .state import (
     encode_model,
     example_timestamp,
 )
-from .update import UpdateConfig, train_due
+from .update import GLOBAL_MODEL_ID, UpdateConfig, correct_due, train_due
 from .worker import tune_garbage_collection
 
 NAMESPACE = "lambda_learner"
-DEAD_LETTERS, VALIDATION = "dead_letters", "validation"
+DEAD_LETTERS, VALIDATION, GLOBAL_UPDATES = "dead_letters", "validation", "global_updates"
 NO_MARKS = (0, 0)  # an entity's flush marks before its first example: nothing flushed, no timer set
 
 
@@ -110,6 +110,62 @@ class ParseModelsFn(beam.DoFn):
         yield TimestampedValue((parsed.entity_id, MODEL_TAG + encode_model(parsed)), MIN_TIMESTAMP)
 
 
+def buffer_example(config: UpdateConfig, encoded: bytes, buffer, marks_state, flush) -> bool:
+    """Buffer an encoded example for the interval it joins (``UpdateConfig.minibatch_of``) and move
+    the flush timer earlier if that interval ends before it; return whether the example is late.
+    The buffering half of both interval stages (the entities' and the global correction's)."""
+    flushed_until, pending = marks_state.read() or NO_MARKS
+    batch_end, late = config.minibatch_of(example_timestamp(encoded), flushed_until)
+    buffer.add(buffer_entry(batch_end, encoded))
+    if pending == 0 or batch_end < pending:
+        flush.set(Timestamp(micros=batch_end * 1000))
+        marks_state.write((flushed_until, batch_end))
+    return late
+
+
+def wait_for_clock(fired: Timestamp, flush) -> bool:
+    """Beam's local runner fires event-time timers without waiting for a watch's watermark (its poll
+    time, so about the clock): whether the timer fired before the clock passed it, in which case it
+    is set again, to be checked when the runner next fires it (once per poll), touching no state."""
+    if fired.micros > time.time() * 1e6 and not watch_stopped():
+        flush.set(fired)
+        return True
+    return False
+
+
+def take_due(buffer, fired: Timestamp, flush_all: bool) -> Tuple[Dict[int, list], list]:
+    """Split the buffer at a firing: ``({interval end: entries}, entries kept)``; the due intervals
+    (ending at or before the firing, or all of them with ``flush_all``) leave the buffer."""
+    now_ms = fired.micros // 1000
+    due, keep = defaultdict(list), []
+    for entry in buffer.read():
+        end = buffer_batch_end(entry)
+        if flush_all or end <= now_ms:
+            due[end].append(entry)
+        else:
+            keep.append(entry)
+    buffer.clear()
+    for entry in keep:
+        buffer.add(entry)
+    return due, keep
+
+
+def rearm(due: Dict[int, list], keep: list, marks_state, flush) -> None:
+    """After a firing: the new flush marks, and the timer set for the earliest interval kept."""
+    if due:
+        # Every buffered interval ends after the last flushed one (``minibatch_of`` puts a late
+        # example in the next interval), so the newest due interval is the new mark: the cell
+        # need not be read, which costs a state fetch per timer.
+        flushed_until = max(due)
+    else:
+        flushed_until = (marks_state.read() or NO_MARKS)[0]
+    next_end = 0
+    if keep:
+        next_end = min(buffer_batch_end(e) for e in keep)
+        flush.set(Timestamp(micros=next_end * 1000))
+    marks_state.write((flushed_until, next_end))
+
+
 class UpdateRandomEffectsFn(beam.DoFn):
     """Buffers each entity's examples by mini-batch interval and trains them in interval order.
 
@@ -173,38 +229,16 @@ class UpdateRandomEffectsFn(beam.DoFn):
             else:
                 model_state.write(EntityState(newer(current.model, incoming), current.recent_uids))
             return
-        encoded = payload[1:]
-        flushed_until, pending = marks_state.read() or NO_MARKS
-        batch_end, late = self.config.minibatch_of(example_timestamp(encoded), flushed_until)
-        if late:
+        if buffer_example(self.config, payload[1:], buffer, marks_state, flush):
             self.late.inc()
-        buffer.add(buffer_entry(batch_end, encoded))
-        if pending == 0 or batch_end < pending:
-            flush.set(Timestamp(micros=batch_end * 1000))
-            marks_state.write((flushed_until, batch_end))
 
     @on_timer(FLUSH)
     def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                  buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
                  marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
-        if self.hold_to_wall_clock and fired.micros > time.time() * 1e6 and not watch_stopped():
-            # Beam's local runner fires event-time timers without waiting for a watch's watermark
-            # (its poll time, so about the clock): wait for the clock instead, checked again when
-            # the runner next fires the timer (once per poll), touching no state until then.
-            flush.set(fired)
+        if self.hold_to_wall_clock and wait_for_clock(fired, flush):
             return
-        now_ms = fired.micros // 1000
-        due, keep = defaultdict(list), []
-        for entry in buffer.read():
-            end = buffer_batch_end(entry)
-            if self.flush_all_due or end <= now_ms:
-                due[end].append(entry)
-            else:
-                keep.append(entry)
-        buffer.clear()
-        for entry in keep:
-            buffer.add(entry)
-
+        due, keep = take_due(buffer, fired, self.flush_all_due)
         state = model_state.read()
         model = state.model if state is not None else None
         if model is None and due:
@@ -233,29 +267,95 @@ class UpdateRandomEffectsFn(beam.DoFn):
                 counter.inc(n)
         if flushed.changed:
             model_state.write(EntityState(flushed.model, tuple(flushed.recent_uids.items())))
-        if due:
-            # Every buffered interval ends after the last flushed one (``minibatch_of`` puts a late
-            # example in the next interval), so the newest due interval is the new mark: the cell
-            # need not be read, which costs a state fetch per timer.
-            flushed_until = max(due)
-        else:
-            flushed_until = (marks_state.read() or NO_MARKS)[0]
-        next_end = 0
-        if keep:
-            next_end = min(buffer_batch_end(e) for e in keep)
-            flush.set(Timestamp(micros=next_end * 1000))
-        marks_state.write((flushed_until, next_end))
+        rearm(due, keep, marks_state, flush)
+
+
+class GlobalCorrectionFn(beam.DoFn):
+    """The global correction coordinate (``--global-correction independent``): one global model,
+    trained interval by interval on every example, whose score raises each example's offset
+    before its entity sees it.
+
+    Input is keyed by one constant (``GLOBAL_MODEL_ID``): every example, and the global model to
+    start from at MIN_TIMESTAMP. State and timer are the entity stage's (a bag of buffered
+    examples, the model, the flush marks; ``buffer_example``, ``take_due``, ``rearm``), so late
+    examples join the next interval here too. When the watermark passes an interval's end, its
+    examples are scored with the global model as it stands (trained on the intervals before) and
+    passed on, re-keyed by entity, each with that score as its ``correction``; then the global
+    model trains on them (``update.correct_due``). The output is stamped with the firing's time,
+    which the timer's hold keeps the entity stage's watermark from passing until it is emitted.
+    The global model's update records go to ``GLOBAL_UPDATES``.
+
+    Nothing is dropped here: a failed global update keeps the global model (counted), and its
+    examples go on to their entities, whose stage dead-letters what it cannot train.
+    """
+
+    BUFFER = BagStateSpec("buffer", BytesCoder())
+    MODEL = ReadModifyWriteStateSpec("model", EntityStateCoder())
+    MARKS = ReadModifyWriteStateSpec("flushed_until", FlushMarksCoder())
+    FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
+
+    def __init__(self, config: UpdateConfig, flush_all_due: bool = False, hold_to_wall_clock: bool = False):
+        self.config = config
+        self.flush_all_due = flush_all_due
+        self.hold_to_wall_clock = hold_to_wall_clock
+
+    def setup(self):
+        tune_garbage_collection()
+        self.updates = Metrics.counter(NAMESPACE, "global_updates")
+        self.failed = Metrics.counter(NAMESPACE, "global_failed_updates")
+        self.late = Metrics.counter(NAMESPACE, "global_late_examples")
+        self.train_micros = Metrics.distribution(NAMESPACE, "global_update_train_micros")
+
+    def process(self, element, buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
+                marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
+        _, payload = element
+        if payload[:1] == MODEL_TAG:
+            incoming = decode_model(payload[1:])
+            current = model_state.read()
+            model_state.write(EntityState(incoming if current is None else newer(current.model, incoming)))
+            return
+        if buffer_example(self.config, payload[1:], buffer, marks_state, flush):
+            self.late.inc()
+
+    @on_timer(FLUSH)
+    def on_flush(self, fired=beam.DoFn.TimestampParam, buffer=beam.DoFn.StateParam(BUFFER),
+                 model_state=beam.DoFn.StateParam(MODEL), marks_state=beam.DoFn.StateParam(MARKS),
+                 flush=beam.DoFn.TimerParam(FLUSH)):
+        if self.hold_to_wall_clock and wait_for_clock(fired, flush):
+            return
+        due, keep = take_due(buffer, fired, self.flush_all_due)
+        state = model_state.read()
+        flushed = correct_due(state.model if state is not None else None,
+                              {end: [decode_buffer_entry(e)[1] for e in entries] for end, entries in due.items()},
+                              self.config)
+        for ex in flushed.examples:
+            yield TimestampedValue((ex.entity_id, EXAMPLE_TAG + encode_example(ex)), fired)
+        for update in flushed.updates:
+            yield beam.pvalue.TaggedOutput(GLOBAL_UPDATES, update)
+        for micros in flushed.train_micros:
+            self.train_micros.update(micros)
+        if flushed.updates:
+            self.updates.inc(len(flushed.updates))
+            model_state.write(EntityState(flushed.model))
+        if flushed.failed_updates:
+            self.failed.inc(flushed.failed_updates)
+        rearm(due, keep, marks_state, flush)
 
 
 class RandomEffectOutputs:
     """The PCollections ``UpdateRandomEffects`` returns."""
 
-    def __init__(self, updates, dead_letters, validation, initial_models):
+    def __init__(self, updates, dead_letters, validation, initial_models, global_updates=None,
+                 initial_global_model=None):
         self.updates = updates
         self.dead_letters = dead_letters
         self.validation = validation
         #: valid initial models as model records (with ``version``), e.g. for the snapshot
         self.initial_models = initial_models
+        #: the global correction model's update records (None without ``--global-correction``)
+        self.global_updates = global_updates
+        #: the global model it started from, as model records (None when it started cold)
+        self.initial_global_model = initial_global_model
 
 
 class UpdateRandomEffects(beam.PTransform):
@@ -269,7 +369,9 @@ class UpdateRandomEffects(beam.PTransform):
     (an ``UpdateConfig``, e.g. with the forgetting options) replaces those parameters.
     ``hold_to_wall_clock`` (a watched directory on Beam's local runner, whose timers fire before
     the watermark passes them) keeps a mini-batch open until the clock passes its end, or the
-    watch stops."""
+    watch stops. With ``config.global_correction`` set, a global correction stage
+    (``GlobalCorrectionFn``) comes first; ``initial_global_model`` (raw model records; the newest
+    is used) is the global model it starts from."""
 
     def __init__(self, entity_field: str, timestamp_field: str, trainer: str = UpdateConfig.trainer,
                  penalty: float = UpdateConfig.penalty, forgetting_factor: float = UpdateConfig.forgetting_factor,
@@ -277,7 +379,8 @@ class UpdateRandomEffects(beam.PTransform):
                  max_minibatch_size: int = UpdateConfig.max_minibatch_size, initial_models=None,
                  coordinate: Optional[str] = None, max_features: int = 1000, max_model_coefficients: int = 100_000,
                  dedup_horizon_seconds: float = UpdateConfig.dedup_horizon_seconds, streaming: bool = True,
-                 config: Optional[UpdateConfig] = None, hold_to_wall_clock: bool = False):
+                 config: Optional[UpdateConfig] = None, hold_to_wall_clock: bool = False,
+                 initial_global_model=None):
         super().__init__()
         if config is None:
             config = UpdateConfig(trainer=trainer, penalty=penalty, forgetting_factor=forgetting_factor,
@@ -289,14 +392,21 @@ class UpdateRandomEffects(beam.PTransform):
                                             max_features=max_features)
         self.model_parser = ModelParser(self.config.penalty, max_model_coefficients)
         self.initial_models = initial_models
+        self.initial_global_model = initial_global_model
+        if initial_global_model is not None and self.config.global_correction == "none":
+            raise ValueError("an initial global model needs a global correction (global_correction).")
         self.streaming = streaming
         self.hold_to_wall_clock = hold_to_wall_clock
 
     def expand(self, examples):
         parsed = examples | "ParseExamples" >> beam.ParDo(ParseExamplesFn(self.example_parser)).with_output_types(
             Tuple[str, bytes]).with_outputs(DEAD_LETTERS, main="examples")
-        keyed = [parsed.examples | "ExamplesInGlobalWindow" >> beam.WindowInto(GlobalWindows())]
+        examples = parsed.examples | "ExamplesInGlobalWindow" >> beam.WindowInto(GlobalWindows())
         dead = [parsed[DEAD_LETTERS]]
+        global_updates = initial_global = None
+        if self.config.global_correction != "none":
+            examples, global_updates, initial_global = self._correct(examples, dead)
+        keyed = [examples]
         models = None
         if self.initial_models is not None:
             models = self.initial_models | "ParseInitialModels" >> beam.ParDo(
@@ -320,7 +430,34 @@ class UpdateRandomEffects(beam.PTransform):
             trainer = self.config.trainer
             initial_records = models.models | "InitialModelRecords" >> beam.Map(
                 lambda kv: initial_model_record(decode_model(kv[1][1:]), trainer))
-        return RandomEffectOutputs(trained.updates, dead_letters, trained[VALIDATION], initial_records)
+        return RandomEffectOutputs(trained.updates, dead_letters, trained[VALIDATION], initial_records,
+                                   global_updates, initial_global)
+
+    def _correct(self, examples, dead: list):
+        """The global correction stage: (corrected examples keyed by entity, the global model's
+        updates, its initial model as records or None); parse failures join ``dead``."""
+        keyed = [examples | "AllExamplesToGlobalKey" >> beam.Map(lambda kv: (GLOBAL_MODEL_ID, kv[1])).with_output_types(
+            Tuple[str, bytes])]
+        initial_records = None
+        if self.initial_global_model is not None:
+            models = self.initial_global_model | "ParseInitialGlobalModel" >> beam.ParDo(
+                ParseModelsFn(self.model_parser)).with_output_types(Tuple[str, bytes]).with_outputs(
+                DEAD_LETTERS, main="models")
+            dead.append(models[DEAD_LETTERS])
+            keyed.append(models.models | "GlobalModelToGlobalKey" >> beam.Map(
+                lambda kv: (GLOBAL_MODEL_ID, kv[1])).with_output_types(Tuple[str, bytes]))
+            trainer = self.config.trainer
+            initial_records = models.models | "InitialGlobalModelRecords" >> beam.Map(
+                lambda kv: initial_model_record(decode_model(kv[1][1:]), trainer))
+        corrected = (
+            keyed
+            | "FlattenExamplesAndGlobalModel" >> beam.Flatten()
+            | "GlobalCorrection" >> beam.ParDo(
+                GlobalCorrectionFn(self.config, flush_all_due=not self.streaming,
+                                   hold_to_wall_clock=self.hold_to_wall_clock)).with_output_types(
+                Tuple[str, bytes]).with_outputs(GLOBAL_UPDATES, main="examples")
+        )
+        return corrected.examples, corrected[GLOBAL_UPDATES], initial_records
 
 
 def initial_model_record(model, trainer: str) -> dict:

@@ -23,7 +23,17 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .examples import Example
 from .models import RandomEffectModel, newer
-from .update import EntityFlush, UpdateConfig, chunks, order_minibatch, score_examples, train_due, train_minibatch
+from .update import (
+    EntityFlush,
+    GlobalFlush,
+    UpdateConfig,
+    chunks,
+    correct_due,
+    order_minibatch,
+    score_examples,
+    train_due,
+    train_minibatch,
+)
 
 
 class EntityReplay:
@@ -52,6 +62,12 @@ class EntityReplay:
 
     def add_example(self, ex: Example) -> Iterable[Tuple[str, EntityFlush]]:
         """Buffer ``ex`` and train what the watermark, moved by it, makes due: ``(entity, flush)``."""
+        self.buffer_example(ex)
+        return self.advance(ex.timestamp_ms)
+
+    def buffer_example(self, ex: Example) -> None:
+        """Buffer ``ex`` without moving the watermark (the examples a global correction flush passes
+        on all arrive before the watermark moves on, as the job's timer hold keeps them)."""
         entity = ex.entity_id
         end, late = self.config.minibatch_of(ex.timestamp_ms, self.flushed_until.get(entity, 0))
         if late:
@@ -64,7 +80,6 @@ class EntityReplay:
             batch = by_end[end] = []
             heapq.heappush(self._due, (end, entity))
         batch.append(ex)
-        return self.advance(ex.timestamp_ms)
 
     def advance(self, timestamp_ms: int) -> Iterable[Tuple[str, EntityFlush]]:
         """A record with event time ``timestamp_ms`` was read (an example of this replay's or not, see
@@ -111,6 +126,60 @@ class EntityReplay:
             else:
                 self.recent_uids.pop(entity, None)
         self.flushed_until[entity] = max(max(due), self.flushed_until.get(entity, 0))
+        return flushed
+
+
+class GlobalReplay:
+    """The job's global correction stage without Beam (``random_effects.GlobalCorrectionFn``): one
+    model, its buffered examples by interval and its flush mark, with the entity stage's rules
+    (``minibatch_of``, and the due intervals trained in order by ``update.correct_due``) and the
+    watermark of ``EntityReplay``. Feed every example of the input, whichever shard owns its entity."""
+
+    def __init__(self, config: UpdateConfig, lateness_ms: Optional[int]):
+        self.config = config
+        self.lateness_ms = lateness_ms
+        self.model: Optional[RandomEffectModel] = None
+        self.flushed_until = 0
+        self.buffers: Dict[int, List[Example]] = {}
+        self.watermark_ms: Optional[int] = None
+        self.late_examples = 0
+        self.train_seconds = 0.0
+
+    def add_model(self, model: RandomEffectModel) -> None:
+        """The global model to start from (the newest, by the one rule, when given more than one)."""
+        self.model = model if self.model is None else newer(self.model, model)
+
+    def add_example(self, ex: Example) -> None:
+        end, late = self.config.minibatch_of(ex.timestamp_ms, self.flushed_until)
+        if late:
+            self.late_examples += 1
+        self.buffers.setdefault(end, []).append(ex)
+
+    def advance(self, timestamp_ms: int) -> Optional[GlobalFlush]:
+        """A record with event time ``timestamp_ms`` was read: move the watermark; the flush of the
+        intervals it passes (their examples with their corrections), or None."""
+        if self.lateness_ms is None:
+            return None
+        mark = timestamp_ms - self.lateness_ms
+        if self.watermark_ms is None or mark > self.watermark_ms:
+            self.watermark_ms = mark
+        if self.buffers and min(self.buffers) <= self.watermark_ms:
+            return self._flush(self.watermark_ms)
+        return None
+
+    def finish(self) -> Optional[GlobalFlush]:
+        """The end of the input: the watermark passes every interval."""
+        return self._flush(None) if self.buffers else None
+
+    def _flush(self, watermark_ms: Optional[int]) -> GlobalFlush:
+        due = {end: batch for end, batch in self.buffers.items() if watermark_ms is None or end <= watermark_ms}
+        for end in due:
+            del self.buffers[end]
+        started = time.process_time()
+        flushed = correct_due(self.model, due, self.config)
+        self.train_seconds += time.process_time() - started
+        self.model = flushed.model
+        self.flushed_until = max(max(due), self.flushed_until)
         return flushed
 
 

@@ -28,6 +28,8 @@ Example versions (buffered examples):
 * 2: the validated example, then the record exactly as it was read (a JSON line's bytes, an Avro
   record as JSON), so that a dead letter from a later stage (de-duplication, training) carries
   the input itself and can be fixed and fed back. Version-1 entries still decode (no record).
+* 3: version 2, then the example's global correction (float64; ``--global-correction``). Written
+  only for an example that passed the global correction stage; versions 1 and 2 decode with 0.
 """
 
 import struct
@@ -43,7 +45,8 @@ from .models import RandomEffectModel
 MODEL_STATE_VERSION = 4  # what every model is written as
 READABLE_MODEL_STATE_VERSIONS = (1, 2, 3, 4)
 EXAMPLE_VERSION = 2
-READABLE_EXAMPLE_VERSIONS = (1, 2)
+CORRECTED_EXAMPLE_VERSION = 3
+READABLE_EXAMPLE_VERSIONS = (1, 2, 3)
 EXAMPLE_TAG, MODEL_TAG = b"E", b"M"
 
 _I64 = struct.Struct("<q")
@@ -305,8 +308,10 @@ def decode_model(data: bytes) -> RandomEffectModel:
 
 def encode_example(ex: Example, source: Optional[bytes] = None) -> bytes:
     """Version (2), timestamp, entity, uid (flag + text), label, weight, offset, features; then the
-    record as read (flag + varint length + bytes): ``source``, else ``ex.source``."""
-    w = _Writer(EXAMPLE_VERSION)
+    record as read (flag + varint length + bytes): ``source``, else ``ex.source``. An example with a
+    global correction (``ex.correction``, not 0) is version 3: the same, then the correction."""
+    corrected = ex.correction != 0.0
+    w = _Writer(CORRECTED_EXAMPLE_VERSION if corrected else EXAMPLE_VERSION)
     w.i64(ex.timestamp_ms)
     w.text(ex.entity_id)
     if ex.uid is None:
@@ -327,11 +332,13 @@ def encode_example(ex: Example, source: Optional[bytes] = None) -> bytes:
         w.parts.append(b"\x01")
         w.varint(len(source))
         w.parts.append(bytes(source))
+    if corrected:
+        w.parts.append(_F64.pack(ex.correction))
     return w.getvalue()
 
 
 def decode_example(data: bytes) -> Example:
-    """Inverse of ``encode_example`` (versions 1 and 2); the record as read is ``Example.source``."""
+    """Inverse of ``encode_example`` (versions 1 to 3); the record as read is ``Example.source``."""
     version = _check_version(data, READABLE_EXAMPLE_VERSIONS, "Example")
     r = _Reader(data)
     timestamp = r.i64()
@@ -346,8 +353,9 @@ def decode_example(data: bytes) -> Example:
     source = None
     if version >= 2 and r.take(1)[0]:
         source = bytes(r.take(r.varint()))
+    correction = _F64.unpack(r.take(8))[0] if version >= 3 else 0.0
     r.done()
-    return Example(entity, timestamp, uid, label, weight, offset, tuple(features), source)
+    return Example(entity, timestamp, uid, label, weight, offset, tuple(features), source, correction)
 
 
 def buffer_entry(batch_end_ms: int, encoded_example: bytes) -> bytes:

@@ -6,6 +6,7 @@ entity's (name, term) keys to columns, turns elapsed event time into the forgett
 (``lambda_core.forgetting_factor``) and calls ``lambda_core.update_entity``.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -35,6 +36,14 @@ FORGETTING_CLOCKS = ("event-time", "update")
 #: The job's default forgetting (when no --forgetting-factor is given): the past's weight halves
 #: every hour of event time. Measured on simulated streams (see the README): change it here.
 DEFAULT_FORGETTING_HALF_LIFE_SECONDS = 3_600.0
+#: The global correction coordinate (``--global-correction``): "none", or "independent": one global
+#: model of the examples' features, learned interval by interval from the examples' own offsets;
+#: every example's offset is raised by its score under the global model as of the end of the
+#: interval before its own.
+GLOBAL_CORRECTIONS = ("none", "independent")
+#: The global correction model's id and coordinate name (its update records and snapshot).
+GLOBAL_MODEL_ID = "global"
+GLOBAL_COORDINATE = "global-correction"
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class UpdateConfig:
     forgetting_half_life_seconds: Optional[float] = DEFAULT_FORGETTING_HALF_LIFE_SECONDS
     forgetting_clock: str = "event-time"
     forgetting_target: str = DEFAULT_FORGETTING_TARGET
+    global_correction: str = "none"
 
     def __post_init__(self):
         trainer_spec(self.trainer)  # raises "trainer ..." for an unknown or a memoryless trainer
@@ -101,6 +111,9 @@ class UpdateConfig:
         if self.dedup_horizon_ms != self.dedup_horizon_seconds * 1000:
             raise ValueError(
                 f"dedup_horizon_seconds must be a whole number of milliseconds, got {self.dedup_horizon_seconds}.")
+        if self.global_correction not in GLOBAL_CORRECTIONS:
+            raise ValueError(f"global_correction must be one of {', '.join(GLOBAL_CORRECTIONS)}, "
+                             f"got {self.global_correction!r}.")
         if not self.coordinate or "/" in self.coordinate:
             raise ValueError(f"coordinate must be a non-empty name without '/', got {self.coordinate!r}.")
 
@@ -113,6 +126,14 @@ class UpdateConfig:
     def label_rule(self) -> LabelRule:
         """The labels the trainer accepts."""
         return self.spec.label_rule
+
+    @property
+    def global_config(self) -> "UpdateConfig":
+        """The update of the global correction model: the entities' settings under its own
+        coordinate name, without de-duplication (remembering every uid of the horizon in one
+        state cell does not scale; a duplicate counts twice in the global model only)."""
+        return dataclasses.replace(self, coordinate=GLOBAL_COORDINATE, dedup_horizon_seconds=0.0,
+                                   global_correction="none")
 
     @property
     def minibatch_ms(self) -> int:
@@ -216,10 +237,15 @@ def _columns(model: RandomEffectModel, examples: Sequence[Example]):
     return names, rows
 
 
+def training_offsets(examples: Sequence[Example]) -> List[float]:
+    """The offsets an entity's model sees: each example's offset plus its global correction."""
+    return [e.offset + e.correction if e.correction else e.offset for e in examples]
+
+
 def score_examples(model: Optional[RandomEffectModel], examples: Sequence[Example]) -> np.ndarray:
     """Each example's score (margin) under ``model``, which does not learn from them; the offset
-    alone without a model."""
-    offsets = [e.offset for e in examples]
+    (plus the global correction) alone without a model."""
+    offsets = training_offsets(examples)
     if model is None:
         return np.array(offsets, dtype=float)
     _, rows = _columns(model, examples)
@@ -254,14 +280,15 @@ def train_minibatch(model: Optional[RandomEffectModel], entity_id: str, examples
     names, rows = _columns(model, examples)
     labels = [e.label for e in examples]
     weights = [e.weight for e in examples]
-    offsets = [e.offset for e in examples]
+    offsets = training_offsets(examples)
     update = update_entity(rows, labels, weights, offsets, model.means, model.precisions, model.precision_matrix,
                            len(names), family=config.spec.family, penalty=float(config.penalty),
                            delta=config.delta(model, window_end_ms), hessian_type=HESSIANS[config.hessian],
                            target=config.forgetting_target, reference=reference, small=small)
     if update is None:
         return None
-    batch = (np.array(labels), np.array(weights), np.array(offsets), update.model_scores)
+    # The validation's baseline is the offset as it arrived, without the global correction.
+    batch = (np.array(labels), np.array(weights), np.array([e.offset for e in examples]), update.model_scores)
     if update.failure is not None:
         return MinibatchResult(model, len(examples), None, False,
                                update.failure + "; the entity keeps its previous model.", *batch, update.seconds)
@@ -359,3 +386,49 @@ def train_due(model: Optional[RandomEffectModel], recent_uids: Dict[str, int], e
                                          trainer=config.trainer))
     return EntityFlush(model, recent, changed, updates, validation, dead, sizes, micros, duplicates, failed,
                        failed_examples, trained)
+
+
+def correction_scores(model: Optional[RandomEffectModel], examples: Sequence[Example]) -> List[float]:
+    """Each example's score under the global correction model, without its offset (0 before the
+    global model has learned anything)."""
+    if model is None:
+        return [0.0] * len(examples)
+    _, rows = _columns(model, examples)
+    return margins(rows, model.means, [0.0] * len(examples)).tolist()
+
+
+class GlobalFlush(NamedTuple):
+    """What the global correction stage produced for its due intervals (``correct_due``).
+
+    ``model`` is the global model afterwards; ``examples`` every due example in training order,
+    each with its ``correction``; ``updates`` the global model's update records; the rest are
+    counts for the job's metrics.
+    """
+
+    model: Optional[RandomEffectModel]
+    examples: List[Example]
+    updates: List[dict]
+    failed_updates: int
+    train_micros: List[int]
+
+
+def correct_due(model: Optional[RandomEffectModel], due: Dict[int, Sequence[Example]],
+                config: UpdateConfig) -> GlobalFlush:
+    """The global correction stage's step, for the job and ``pipeline.replay`` alike: for each due
+    interval in order, score its examples with the global model as it stands (trained on the
+    intervals before), then train the global model on them (``train_due`` with
+    ``config.global_config``, so the model learns from the examples' own offsets). A failed update
+    keeps the global model; its examples still go on to their entities."""
+    settings = config.global_config
+    corrected, updates, micros = [], [], []
+    failed = 0
+    for end in sorted(due):
+        examples = order_minibatch(due[end])
+        corrected.extend(ex._replace(correction=score)
+                         for ex, score in zip(examples, correction_scores(model, examples)))
+        flush = train_due(model, {}, GLOBAL_MODEL_ID, {end: examples}, settings)
+        model = flush.model
+        updates.extend(flush.updates)
+        micros.extend(flush.train_micros)
+        failed += flush.failed_updates
+    return GlobalFlush(model, corrected, updates, failed, micros)
