@@ -173,14 +173,14 @@ def replay(examples: Sequence[Example], initial_models: Dict[str, RandomEffectMo
       setting runs; ``"residual"`` (a prototype) learns from the offset plus the entity's score
       (coordinate descent).
     """
-    global_coordinate = global_coordinate or ("" if config.global_correction == "none" else config.global_correction)
+    global_coordinate = global_coordinate or ("independent" if config.corrects else "")
     chunk = int(getattr(config, "max_minibatch_size", 0) or len(examples) or 1)
     per_interval: Dict[int, list] = defaultdict(list)
     for entity, batches in minibatches(examples, int(round(config.minibatch_seconds * 1000))).items():
         for end, positions in batches:
             per_interval[end].append((entity, positions))
     margins = np.full(len(examples), np.nan)
-    models, updates, failures, glob = dict(initial_models), 0, 0, None
+    models, updates, failures, glob, global_uids = dict(initial_models), 0, 0, None, {}
     if population is not None:
         for entity, model in models.items():
             population.fold(entity, model)
@@ -214,9 +214,9 @@ def replay(examples: Sequence[Example], initial_models: Dict[str, RandomEffectMo
             if population is not None:
                 population.fold(entity, model)
         if global_coordinate == "independent":  # the job's own step, trained on this interval
-            flushed = correct_due(glob, {end: [examples[i] for _, positions in per_interval[end] for i in positions]},
-                                  config)
-            glob, failures = flushed.model, failures + flushed.failed_updates
+            flushed = correct_due(glob, global_uids, {end: [examples[i] for _, positions in per_interval[end]
+                                                             for i in positions]}, config)
+            glob, global_uids, failures = flushed.model, flushed.recent_uids, failures + flushed.failed_updates
         elif global_coordinate == "residual":
             order = sorted((i for _, positions in per_interval[end] for i in positions),
                            key=lambda i: (examples[i].timestamp_ms, examples[i].uid or ""))

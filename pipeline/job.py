@@ -224,7 +224,7 @@ def write_summary(m: Dict[str, Any], options: PipelineOptions, paths: Dict[str, 
         "failed_updates": m.get("failed_updates", 0),
         "initial_models": m.get("initial_models", 0),
         "cold_start_entities": m.get("cold_start_entities", 0),
-        "global_correction": o.global_correction,
+        "global_correction": "independent" if update_config(o).corrects else "none",
         "dead_letters": m.get("dead_letters", 0),
         "dead_letters_by_reason": dead_by_reason,
         "minibatch_size": m.get("minibatch_size"),
@@ -236,7 +236,7 @@ def write_summary(m: Dict[str, Any], options: PipelineOptions, paths: Dict[str, 
         # Wall clock at the update minus its interval's end: how fresh a live job's updates are
         # (in batch, over old data, it is the data's age, so it is left out).
         summary["update_latency_ms"] = m["update_latency_ms"]
-    if o.global_correction != "none":
+    if summary["global_correction"] != "none":
         summary.update(global_updates=m.get("global_updates", 0), global_failed_updates=m.get("global_failed_updates", 0),
                        global_late_examples=m.get("global_late_examples", 0))
     summary.update(extra or {})

@@ -63,7 +63,10 @@ class LambdaLearnerOptions(PipelineOptions):
         add("--global-correction", dest="global_correction", default=UpdateConfig.global_correction,
             help=f"one of {', '.join(GLOBAL_CORRECTIONS)}: independent adds a second coordinate, one global "
                  "model learned interval by interval from every example, whose score raises each example's "
-                 "offset before its entity's model sees it (see the README)")
+                 "offset before its entity's model sees it; auto: independent for the logistic trainer, none "
+                 "for the others (see the README)")
+        add("--global-penalty", dest="global_penalty", type=float, default=UpdateConfig.global_penalty,
+            help="the global correction model's L2 penalty (its prior precision, and where forgetting relaxes it to)")
         add("--initial-global-model", dest="initial_global_model",
             help="the global correction model to start from: a snapshot's fixed-effect/global-correction "
                  "directory, a model file or glob (the newest record is used)")
@@ -131,7 +134,8 @@ def update_config(o: LambdaLearnerOptions) -> UpdateConfig:
                         minibatch_seconds=o.minibatch_seconds, max_minibatch_size=o.max_minibatch_size,
                         coordinate=o.coordinate or o.entity_field, dedup_horizon_seconds=o.dedup_horizon_seconds,
                         forgetting_half_life_seconds=half_life, forgetting_clock=o.forgetting_clock,
-                        forgetting_target=o.forgetting_target, global_correction=o.global_correction)
+                        forgetting_target=o.forgetting_target, global_correction=o.global_correction,
+                        global_penalty=o.global_penalty)
 
 
 def validate(options: PipelineOptions) -> None:
@@ -153,8 +157,8 @@ def validate(options: PipelineOptions) -> None:
         # UpdateConfig names the field first ("forgetting_factor must be ..."): say it as the flag.
         field, _, rest = str(err).partition(" ")
         raise UsageError(f"--{field.replace('_', '-')} {rest}") from None
-    if o.initial_global_model and o.global_correction == "none":
-        raise UsageError("--initial-global-model needs --global-correction independent.")
+    if o.initial_global_model and not update_config(o).corrects:
+        raise UsageError("--initial-global-model needs the global correction (--global-correction independent).")
     for flag, value in (("--max-features", o.max_features),
                         ("--max-model-coefficients", o.max_model_coefficients),
                         ("--snapshot-shards", o.snapshot_shards)):

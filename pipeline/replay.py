@@ -188,7 +188,7 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
     state = EntityReplay(config, lateness_ms)
     # Every shard trains the global correction model on every example, so each passes its entities
     # the corrections the one-process replay (and the job) would.
-    glob = GlobalReplay(config, lateness_ms) if config.global_correction != "none" else None
+    glob = GlobalReplay(config, lateness_ms) if config.corrects else None
     out = _Outputs(o.output, shard, shards) if write_outputs and baseline is None else _NoOutputs()
 
     def mine(entity_id: Optional[str]) -> bool:
@@ -239,7 +239,7 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
 
     models_format = o.initial_models_format or o.input_format
     if o.initial_global_model:
-        model_parser = ModelParser(o.penalty, o.max_model_coefficients)
+        model_parser = ModelParser(config.global_penalty, o.max_model_coefficients)
         for path in model_files(o.initial_global_model, bool(models_format)):
             for record in read_path_records(path, models_format):
                 parsed = record if isinstance(record, DeadLetter) else model_parser.parse_as_read(record)
@@ -357,8 +357,8 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     if not (baseline_hours >= 0 and math.isfinite(baseline_hours)):
         raise UsageError(f"--batch-baseline-hours must be >= 0 (0: off), got {baseline_hours}.")
     processes = _processes(replay_options.processes)
-    if baseline_hours and update_config(o).global_correction != "none":
-        raise UsageError("--batch-baseline-hours retrains the entities' models alone: drop --global-correction.")
+    if baseline_hours and update_config(o).corrects:
+        raise UsageError("--batch-baseline-hours retrains the entities' models alone: add --global-correction none.")
     if baseline_hours:
         if replay_options.processes > 1:
             raise UsageError("--batch-baseline-hours runs in one process: drop --processes.")
@@ -398,7 +398,7 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     snapshot = write_snapshot(models, o.output, coordinate, o.entity_field, o.feature_shard,
                               o.trainer, records_per_part=_records_per_part(len(models), o.snapshot_shards))
     paths["snapshot"] = coordinate_dir(o.output, coordinate)
-    if o.global_correction != "none":
+    if update_config(o).corrects:
         paths["global_updates"] = FileSystems.join(o.output, "global-updates")
         if result.global_model is not None:
             write_snapshot([result.global_model], o.output, GLOBAL_COORDINATE, o.entity_field, o.feature_shard,

@@ -577,7 +577,7 @@ def bad_models_run(tmp_path_factory):
     out = base / "out"
     code = cli("--input", base / "examples.jsonl", "--output", out, "--initial-models", base / "models.jsonl",
                "--entity-field", "userId", "--timestamp-field", "timestamp", "--minibatch-seconds", 60,
-               "--max-model-coefficients", 5, "--dedup-horizon-seconds", 0)
+               "--max-model-coefficients", 5, "--dedup-horizon-seconds", 0, "--global-correction", "none")
     return code, examples, out
 
 

@@ -82,7 +82,7 @@ def test_interval_by_interval_replay_without_cross_entity_terms_is_the_replay():
     # cross-entity learning; without them that must be exactly each entity's updates in turn.
     from transforms.update import train_minibatch
     examples = _small_stream()
-    config = UpdateConfig()
+    config = UpdateConfig(global_correction="none")
     margins, failures = np.full(len(examples), np.nan), 0
     for entity, batches in sorted(bench_quality.minibatches(examples, 60_000).items()):
         model = None
@@ -110,7 +110,7 @@ def test_cross_entity_prototypes_never_look_ahead(variant):
     # mini-batch may see anything of its own interval or later; later scores must move.
     import quality_experiments as qe
     examples = _small_stream()
-    config = UpdateConfig()
+    config = UpdateConfig(global_correction="none")  # each variant on its own
     ends = sorted({end for batches in bench_quality.minibatches(examples, 60_000).values() for end, _ in batches})
     cut = ends[len(ends) // 2]
     flipped = [ex._replace(label=1.0 - ex.label) if cut - 60_000 <= ex.timestamp_ms < cut else ex for ex in examples]

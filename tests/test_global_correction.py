@@ -46,7 +46,7 @@ def _examples(n, seed, start=T0, span_ms=180_000):
 def test_each_interval_is_scored_by_the_global_model_of_the_intervals_before_it_then_trained():
     cfg = config(minibatch_seconds=60, global_correction="independent")
     first, second = _examples(30, 1, T0, 60_000), _examples(20, 2, T0 + 60_000, 60_000)
-    flushed = correct_due(None, {T0 + 120_000: second, T0 + 60_000: first}, cfg)
+    flushed = correct_due(None, {}, {T0 + 120_000: second, T0 + 60_000: first}, cfg)
     # the first interval had no global model yet; the second is scored by the model trained on the first
     after_first = train_minibatch(None, GLOBAL_MODEL_ID, sorted(first, key=lambda e: (e.timestamp_ms, e.uid)),
                                   T0 + 60_000, cfg.global_config).model
@@ -90,11 +90,14 @@ def test_the_batch_job_with_a_global_correction_equals_the_replay_in_any_number_
     run_job(inputs, job_out, *GLOBAL)
     theirs = json.loads((job_out / "summary.json").read_text())
     assert theirs["global_updates"] > 0 and theirs["global_correction"] == "independent"
+    # the default ("auto", with the logistic trainer) is the same job
+    run_job(inputs, tmp_path / "default")
+    assert snapshot(tmp_path / "default") == snapshot(job_out)
     global_job = read_avro_dir(str(job_out / "fixed-effect" / GLOBAL_COORDINATE / "coefficients" / "*.avro"))
     assert len(global_job) == 1 and global_job[0]["version"] == theirs["global_updates"]
     # the entities learned something else than without the correction
     plain = tmp_path / "plain"
-    run_job(inputs, plain)
+    run_job(inputs, plain, "--global-correction", "none")
     assert snapshot(plain) != snapshot(job_out)
     assert theirs["progressive_validation"]["overall"]["log_loss_offset_only"] == json.loads(
         (plain / "summary.json").read_text())["progressive_validation"]["overall"]["log_loss_offset_only"]
@@ -113,6 +116,19 @@ def test_the_batch_job_with_a_global_correction_equals_the_replay_in_any_number_
         assert replayed == global_job
         assert sorted(read_avro_dir(str(out / "global-updates" / "*.avro")), key=lambda r: r["version"]) == sorted(
             read_avro_dir(str(job_out / "global-updates" / "*.avro")), key=lambda r: r["version"])
+
+
+@pytest.mark.parametrize("mode", ["batch", "streaming"])
+def test_without_initial_models_every_example_still_reaches_its_entity(tmp_path, mode):
+    """Nothing between the two stages to break Beam's fusion of them (the initial models' Flatten
+    did, in the other tests): the local runner then lost the entities' timers, and no entity trained."""
+    examples, inputs = make_inputs(tmp_path / "in", num_users=15, hours=0.5, seed=4)
+    run_job(inputs, tmp_path / "job", *GLOBAL, *(["--streaming"] if mode == "streaming" else []), with_models=False)
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["examples_trained"] == len(examples) and summary["global_updates"] > 0
+    assert replay_main(["--input", inputs["examples"], "--output", str(tmp_path / "replay"), "--entity-field",
+                        "userId", "--timestamp-field", "timestamp", "--minibatch-seconds", "300", *GLOBAL]) == 0
+    assert snapshot(tmp_path / "replay") == snapshot(tmp_path / "job")
 
 
 def test_a_streaming_job_with_a_global_correction_equals_the_replay_late_examples_included(per_bundle_metrics):
@@ -201,8 +217,11 @@ def test_a_restart_from_the_snapshot_continues_the_global_model(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--global-correction", "both"], "--global-correction must be one of none, independent"),
-    (["--initial-global-model", "x"], "--initial-global-model needs --global-correction independent."),
+    (["--global-correction", "both"], "--global-correction must be one of auto, none, independent"),
+    (["--global-correction", "none", "--initial-global-model", "x"],
+     "--initial-global-model needs the global correction (--global-correction independent)."),
+    (["--trainer", "sequential_bayesian_linear", "--initial-global-model", "x"],
+     "--initial-global-model needs the global correction"),
 ])
 def test_global_correction_usage_errors_are_one_line(messy_inputs, tmp_path, capsys, args, message):
     inputs, _ = messy_inputs
@@ -216,4 +235,4 @@ def test_the_batch_baseline_refuses_a_global_correction(messy_inputs, tmp_path, 
     inputs, _ = messy_inputs
     code = replay_main(["--input", inputs["examples"], "--output", str(tmp_path), "--entity-field", "userId",
                         "--timestamp-field", "timestamp", "--batch-baseline-hours", "1", *GLOBAL])
-    assert code == 2 and "drop --global-correction" in capsys.readouterr().err
+    assert code == 2 and "add --global-correction none" in capsys.readouterr().err

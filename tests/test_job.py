@@ -16,7 +16,7 @@ from lambda_core import INTERCEPT
 from transforms.examples import ExampleParser
 from transforms.models import PHOTON_INTERCEPT, ModelParser
 from transforms.formats import write_json_lines
-from transforms.update import UpdateConfig, chunks, order_minibatch, train_minibatch
+from transforms.update import UpdateConfig, chunks, correction_scores, order_minibatch, train_minibatch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,15 +69,30 @@ def test_snapshot_holds_latest_model_of_every_entity_including_untouched_initial
 
 
 def replay(examples, initial_models, config):
-    """lambda_core applied per entity and mini-batch in plain Python: what the job must equal."""
+    """lambda_core applied per entity and mini-batch in plain Python: what the job must equal.
+
+    With the global correction (the default), the global model is trained first, interval by
+    interval on every example of the interval (its own offsets), and each example carries its
+    score under the global model of the intervals before its own."""
     parser = ExampleParser("userId", "timestamp")
     models = {}
     for record in initial_models:
         m = ModelParser(config.penalty).parse(record)
         models[m.entity_id] = m
+    parsed = [parser.parse(record) for record in examples]
+    if config.corrects:
+        by_interval, glob, corrected = defaultdict(list), None, {}
+        for ex in parsed:
+            by_interval[config.batch_end(ex.timestamp_ms)].append(ex)
+        for end in sorted(by_interval):
+            interval = order_minibatch(by_interval[end])
+            for ex, score in zip(interval, correction_scores(glob, interval)):
+                corrected[ex.uid] = ex._replace(correction=score)
+            for chunk in chunks(interval, config.max_minibatch_size):
+                glob = train_minibatch(glob, "global", chunk, end, config.global_config).model
+        parsed = [corrected[ex.uid] for ex in parsed]
     batches = defaultdict(list)
-    for record in examples:
-        ex = parser.parse(record)
+    for ex in parsed:
         batches[(ex.entity_id, config.batch_end(ex.timestamp_ms))].append(ex)
     for (entity, end) in sorted(batches, key=lambda k: (k[0], k[1])):
         for chunk in chunks(order_minibatch(batches[(entity, end)]), config.max_minibatch_size):
@@ -136,8 +151,9 @@ def test_job_matches_lambda_learner_0_1_0_replayed_by_hand(tmp_path):
 
     examples, inputs = make_inputs(tmp_path / "in", num_users=12, hours=0.5, seed=9)
     # lambda-learner's rule: delta = 0.8 at every update, whatever the time since the last one.
+    # lambda-learner's own settings, and no global correction: lambda-learner has none.
     run_job(inputs, tmp_path / "out", "--forgetting-factor", "0.8", "--forgetting-clock", "update",
-            "--forgetting-target", "zero", "--penalty", "10", with_models=False)
+            "--forgetting-target", "zero", "--penalty", "10", "--global-correction", "none", with_models=False)
     batches = defaultdict(list)
     for e in examples:
         batches[(e["userId"], e["timestamp"] // 300_000)].append(e)
@@ -325,11 +341,13 @@ def test_restart_from_a_snapshot_in_two_halves_gives_the_same_models_as_one_run(
     for name, part in (("first", first), ("second", second), ("whole", first + second)):
         write_json_lines(str(tmp_path / "in" / f"{name}.jsonl"), part)
 
-    run_job(dict(inputs, examples=str(tmp_path / "in" / "whole.jsonl")), tmp_path / "one")
-    run_job(dict(inputs, examples=str(tmp_path / "in" / "first.jsonl")), tmp_path / "half1")
+    # The entities' models alone (tests/test_global_correction.py restarts the global model too).
+    alone = ("--global-correction", "none")
+    run_job(dict(inputs, examples=str(tmp_path / "in" / "whole.jsonl")), tmp_path / "one", *alone)
+    run_job(dict(inputs, examples=str(tmp_path / "in" / "first.jsonl")), tmp_path / "half1", *alone)
     seeded = dict(inputs, examples=str(tmp_path / "in" / "second.jsonl"),
                   models=str(tmp_path / "half1" / "random-effect" / "userId"))
-    run_job(seeded, tmp_path / "half2")
+    run_job(seeded, tmp_path / "half2", *alone)
 
     one, half1, half2 = snapshot(tmp_path / "one"), snapshot(tmp_path / "half1"), snapshot(tmp_path / "half2")
     assert set(half2) == set(one)

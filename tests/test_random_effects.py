@@ -67,8 +67,9 @@ def interval_end(ts_ms, minibatch_seconds):
 
 
 def config(**kw):
+    # The entities' stage alone (tests/test_global_correction.py has the stage ahead of it).
     base = dict(trainer="sequential_bayesian_logistic", penalty=10.0, forgetting_factor=0.8, hessian="diagonal",
-                minibatch_seconds=60, max_minibatch_size=10000, coordinate="userId")
+                minibatch_seconds=60, max_minibatch_size=10000, coordinate="userId", global_correction="none")
     base.update(kw)
     return UpdateConfig(**base)
 
@@ -76,7 +77,8 @@ def config(**kw):
 def transform_kwargs(cfg):
     return dict(trainer=cfg.trainer, penalty=cfg.penalty, forgetting_factor=cfg.forgetting_factor,
                 hessian=cfg.hessian, minibatch_seconds=cfg.minibatch_seconds,
-                max_minibatch_size=cfg.max_minibatch_size, dedup_horizon_seconds=cfg.dedup_horizon_seconds)
+                max_minibatch_size=cfg.max_minibatch_size, dedup_horizon_seconds=cfg.dedup_horizon_seconds,
+                global_correction=cfg.global_correction)
 
 
 def model_dict(model: RandomEffectModel):
@@ -143,10 +145,9 @@ def run(records, cfg, *, initial_models=None, streaming_events=None, checks=()):
     p = TestPipeline(options=PipelineOptions(streaming=streaming), blocking=True)
     source = p | "Examples" >> (streaming_events if streaming else beam.Create(records, reshuffle=False))
     models = None if initial_models is None else p | "Models" >> beam.Create(initial_models, reshuffle=False)
-    corrected = cfg.global_correction != "none"  # the whole config: the flags' parameters have no such field
     out = source | UpdateRandomEffects("userId", "timestamp", initial_models=models, streaming=streaming,
-                                       **(dict(config=cfg) if corrected else transform_kwargs(cfg)))
-    for name in ("updates", "dead_letters", "validation") + (("global_updates",) if corrected else ()):
+                                       **transform_kwargs(cfg))
+    for name in ("updates", "dead_letters", "validation") + (("global_updates",) if cfg.corrects else ()):
         _ = getattr(out, name) | f"Collect_{name}" >> beam.Map(_collect, run_id, name)
     for label, name, matcher in checks:
         assert_that(getattr(out, name), matcher, label=label)

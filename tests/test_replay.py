@@ -164,7 +164,7 @@ def test_replay_equals_a_streaming_job_with_the_same_watermark_late_examples_inc
     (["--lateness-seconds", "-5"], "--lateness-seconds must be >= 0"),
     (["--input", "/nonexistent/*.jsonl"], "matches no files"),
     (["--processes", "-2"], "--processes must be >= 1"),
-    (["--processes", "2", "--batch-baseline-hours", "1"], "runs in one process"),
+    (["--processes", "2", "--batch-baseline-hours", "1", "--global-correction", "none"], "runs in one process"),
 ])
 def test_replay_usage_errors_are_one_line(messy_inputs, tmp_path, capsys, args, message):
     inputs, _ = messy_inputs
@@ -274,7 +274,7 @@ def test_replay_runs_the_batch_baseline_from_the_command_line(messy_inputs, tmp_
     inputs, _ = messy_inputs
     assert replay_main(["--input", inputs["examples"], "--output", str(tmp_path), "--entity-field", "userId",
                         "--timestamp-field", "timestamp", "--initial-models", inputs["models"],
-                        "--batch-baseline-hours", "0.25"]) == 0
+                        "--batch-baseline-hours", "0.25", "--global-correction", "none"]) == 0
     out = capsys.readouterr().out
     assert "Periodic batch baseline (every 0.25 h)" in out
     summary = json.loads((tmp_path / "summary.json").read_text())

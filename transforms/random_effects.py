@@ -312,7 +312,8 @@ class GlobalCorrectionFn(beam.DoFn):
         if payload[:1] == MODEL_TAG:
             incoming = decode_model(payload[1:])
             current = model_state.read()
-            model_state.write(EntityState(incoming if current is None else newer(current.model, incoming)))
+            model_state.write(EntityState(incoming) if current is None else
+                              EntityState(newer(current.model, incoming), current.recent_uids))
             return
         if buffer_example(self.config, payload[1:], buffer, marks_state, flush):
             self.late.inc()
@@ -326,6 +327,7 @@ class GlobalCorrectionFn(beam.DoFn):
         due, keep = take_due(buffer, fired, self.flush_all_due)
         state = model_state.read()
         flushed = correct_due(state.model if state is not None else None,
+                              dict(state.recent_uids) if state is not None else {},
                               {end: [decode_buffer_entry(e)[1] for e in entries] for end, entries in due.items()},
                               self.config)
         for ex in flushed.examples:
@@ -336,7 +338,8 @@ class GlobalCorrectionFn(beam.DoFn):
             self.train_micros.update(micros)
         if flushed.updates:
             self.updates.inc(len(flushed.updates))
-            model_state.write(EntityState(flushed.model))
+        if flushed.changed:
+            model_state.write(EntityState(flushed.model, tuple(flushed.recent_uids.items())))
         if flushed.failed_updates:
             self.failed.inc(flushed.failed_updates)
         rearm(due, keep, marks_state, flush)
@@ -364,12 +367,13 @@ class UpdateRandomEffects(beam.PTransform):
     Parameters mirror the job's flags: ``trainer`` (a name in ``lambda_core.TRAINERS``),
     ``penalty``, ``forgetting_factor``, ``hessian`` (full, diagonal, identity, none),
     ``minibatch_seconds``, ``max_minibatch_size``, ``coordinate``, ``dedup_horizon_seconds`` (how
-    long, in event time, an entity remembers the uids it trained on; 0: off). ``streaming=False`` lets the
+    long, in event time, an entity remembers the uids it trained on; 0: off), ``global_correction``.
+    ``streaming=False`` lets the
     flush train every buffered interval at the first timer (batch reads all input first). ``config``
     (an ``UpdateConfig``, e.g. with the forgetting options) replaces those parameters.
     ``hold_to_wall_clock`` (a watched directory on Beam's local runner, whose timers fire before
     the watermark passes them) keeps a mini-batch open until the clock passes its end, or the
-    watch stops. With ``config.global_correction`` set, a global correction stage
+    watch stops. With the global correction (``config.corrects``), a global correction stage
     (``GlobalCorrectionFn``) comes first; ``initial_global_model`` (raw model records; the newest
     is used) is the global model it starts from."""
 
@@ -380,21 +384,21 @@ class UpdateRandomEffects(beam.PTransform):
                  coordinate: Optional[str] = None, max_features: int = 1000, max_model_coefficients: int = 100_000,
                  dedup_horizon_seconds: float = UpdateConfig.dedup_horizon_seconds, streaming: bool = True,
                  config: Optional[UpdateConfig] = None, hold_to_wall_clock: bool = False,
-                 initial_global_model=None):
+                 initial_global_model=None, global_correction: str = UpdateConfig.global_correction):
         super().__init__()
         if config is None:
             config = UpdateConfig(trainer=trainer, penalty=penalty, forgetting_factor=forgetting_factor,
                                   hessian=hessian, minibatch_seconds=minibatch_seconds,
                                   max_minibatch_size=max_minibatch_size, coordinate=coordinate or entity_field,
-                                  dedup_horizon_seconds=dedup_horizon_seconds)
+                                  dedup_horizon_seconds=dedup_horizon_seconds, global_correction=global_correction)
         self.config = config
         self.example_parser = ExampleParser(entity_field, timestamp_field, label_rule=self.config.label_rule,
                                             max_features=max_features)
         self.model_parser = ModelParser(self.config.penalty, max_model_coefficients)
         self.initial_models = initial_models
         self.initial_global_model = initial_global_model
-        if initial_global_model is not None and self.config.global_correction == "none":
-            raise ValueError("an initial global model needs a global correction (global_correction).")
+        if initial_global_model is not None and not self.config.corrects:
+            raise ValueError("an initial global model needs the global correction (global_correction).")
         self.streaming = streaming
         self.hold_to_wall_clock = hold_to_wall_clock
 
@@ -404,7 +408,7 @@ class UpdateRandomEffects(beam.PTransform):
         examples = parsed.examples | "ExamplesInGlobalWindow" >> beam.WindowInto(GlobalWindows())
         dead = [parsed[DEAD_LETTERS]]
         global_updates = initial_global = None
-        if self.config.global_correction != "none":
+        if self.config.corrects:
             examples, global_updates, initial_global = self._correct(examples, dead)
         keyed = [examples]
         models = None
@@ -414,9 +418,15 @@ class UpdateRandomEffects(beam.PTransform):
                 DEAD_LETTERS, main="models")
             keyed.append(models.models)
             dead.append(models[DEAD_LETTERS])
+        entity_input = keyed | "FlattenExamplesAndModels" >> beam.Flatten()
+        if global_updates is not None:
+            # A fusion break between the two stateful stages: fused, Beam's local runner loses the
+            # timers the entities' stage sets while the global stage's timer emits (no entity ever
+            # trained). After the Flatten, because Flink's batch translation rejects a Flatten fed
+            # by a Reshuffle ("exactly one producing PTransformNode").
+            entity_input = entity_input | "ToEntities" >> beam.Reshuffle()
         trained = (
-            keyed
-            | "FlattenExamplesAndModels" >> beam.Flatten()
+            entity_input
             | "UpdatePerEntity" >> beam.ParDo(
                 UpdateRandomEffectsFn(self.config, flush_all_due=not self.streaming,
                                       hold_to_wall_clock=self.hold_to_wall_clock)).with_output_types(
@@ -440,8 +450,9 @@ class UpdateRandomEffects(beam.PTransform):
             Tuple[str, bytes])]
         initial_records = None
         if self.initial_global_model is not None:
+            parser = ModelParser(self.config.global_penalty, self.model_parser.max_coefficients)
             models = self.initial_global_model | "ParseInitialGlobalModel" >> beam.ParDo(
-                ParseModelsFn(self.model_parser)).with_output_types(Tuple[str, bytes]).with_outputs(
+                ParseModelsFn(parser)).with_output_types(Tuple[str, bytes]).with_outputs(
                 DEAD_LETTERS, main="models")
             dead.append(models[DEAD_LETTERS])
             keyed.append(models.models | "GlobalModelToGlobalKey" >> beam.Map(

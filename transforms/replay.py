@@ -139,6 +139,7 @@ class GlobalReplay:
         self.config = config
         self.lateness_ms = lateness_ms
         self.model: Optional[RandomEffectModel] = None
+        self.recent_uids: Dict[str, int] = {}
         self.flushed_until = 0
         self.buffers: Dict[int, List[Example]] = {}
         self.watermark_ms: Optional[int] = None
@@ -176,9 +177,9 @@ class GlobalReplay:
         for end in due:
             del self.buffers[end]
         started = time.process_time()
-        flushed = correct_due(self.model, due, self.config)
+        flushed = correct_due(self.model, self.recent_uids, due, self.config)
         self.train_seconds += time.process_time() - started
-        self.model = flushed.model
+        self.model, self.recent_uids = flushed.model, flushed.recent_uids
         self.flushed_until = max(max(due), self.flushed_until)
         return flushed
 

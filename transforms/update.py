@@ -36,11 +36,13 @@ FORGETTING_CLOCKS = ("event-time", "update")
 #: The job's default forgetting (when no --forgetting-factor is given): the past's weight halves
 #: every hour of event time. Measured on simulated streams (see the README): change it here.
 DEFAULT_FORGETTING_HALF_LIFE_SECONDS = 3_600.0
-#: The global correction coordinate (``--global-correction``): "none", or "independent": one global
-#: model of the examples' features, learned interval by interval from the examples' own offsets;
-#: every example's offset is raised by its score under the global model as of the end of the
-#: interval before its own.
-GLOBAL_CORRECTIONS = ("none", "independent")
+#: The global correction coordinate (``--global-correction``): "independent" is one global model
+#: of the examples' features, learned interval by interval from the examples' own offsets; every
+#: example's offset is raised by its score under the global model as of the end of the interval
+#: before its own. "none" turns it off; "auto" (the default) is "independent" for the logistic
+#: trainer, where it was measured (see the README), and "none" for the others, whose contract is
+#: each entity's exact conjugate (linear: batch ridge) update.
+GLOBAL_CORRECTIONS = ("auto", "none", "independent")
 #: The global correction model's id and coordinate name (its update records and snapshot).
 GLOBAL_MODEL_ID = "global"
 GLOBAL_COORDINATE = "global-correction"
@@ -79,7 +81,8 @@ class UpdateConfig:
     forgetting_half_life_seconds: Optional[float] = DEFAULT_FORGETTING_HALF_LIFE_SECONDS
     forgetting_clock: str = "event-time"
     forgetting_target: str = DEFAULT_FORGETTING_TARGET
-    global_correction: str = "none"
+    global_correction: str = "auto"
+    global_penalty: float = 300.0
 
     def __post_init__(self):
         trainer_spec(self.trainer)  # raises "trainer ..." for an unknown or a memoryless trainer
@@ -87,6 +90,8 @@ class UpdateConfig:
             raise ValueError(f"hessian must be one of {', '.join(HESSIANS)}, got {self.hessian!r}.")
         if not (math.isfinite(self.penalty) and self.penalty >= 0):
             raise ValueError(f"penalty must be a finite number >= 0, got {self.penalty}.")
+        if not (math.isfinite(self.global_penalty) and self.global_penalty >= 0):
+            raise ValueError(f"global_penalty must be a finite number >= 0, got {self.global_penalty}.")
         factor, half_life = self.forgetting_factor, self.forgetting_half_life_seconds
         if factor is not None and not (math.isfinite(factor) and 0 <= factor <= 1):
             raise ValueError(f"forgetting_factor must be in [0, 1], got {factor}.")
@@ -128,11 +133,19 @@ class UpdateConfig:
         return self.spec.label_rule
 
     @property
+    def corrects(self) -> bool:
+        """Whether the job has the global correction stage (``global_correction`` resolved)."""
+        if self.global_correction == "auto":
+            return self.trainer == DEFAULT_TRAINER
+        return self.global_correction == "independent"
+
+    @property
     def global_config(self) -> "UpdateConfig":
-        """The update of the global correction model: the entities' settings under its own
-        coordinate name, without de-duplication (remembering every uid of the horizon in one
-        state cell does not scale; a duplicate counts twice in the global model only)."""
-        return dataclasses.replace(self, coordinate=GLOBAL_COORDINATE, dedup_horizon_seconds=0.0,
+        """The update of the global correction model: the entities' settings with its own penalty
+        (``global_penalty``: it learns from every example, so a far stronger prior keeps it from
+        chasing each interval's noise) and coordinate name. It de-duplicates as the entities do,
+        over every uid of the horizon, so a redelivered example is trained once here too."""
+        return dataclasses.replace(self, penalty=self.global_penalty, coordinate=GLOBAL_COORDINATE,
                                    global_correction="none")
 
     @property
@@ -406,29 +419,33 @@ class GlobalFlush(NamedTuple):
     """
 
     model: Optional[RandomEffectModel]
+    recent_uids: Dict[str, int]
+    changed: bool
     examples: List[Example]
     updates: List[dict]
     failed_updates: int
     train_micros: List[int]
 
 
-def correct_due(model: Optional[RandomEffectModel], due: Dict[int, Sequence[Example]],
+def correct_due(model: Optional[RandomEffectModel], recent_uids: Dict[str, int], due: Dict[int, Sequence[Example]],
                 config: UpdateConfig) -> GlobalFlush:
     """The global correction stage's step, for the job and ``pipeline.replay`` alike: for each due
     interval in order, score its examples with the global model as it stands (trained on the
     intervals before), then train the global model on them (``train_due`` with
-    ``config.global_config``, so the model learns from the examples' own offsets). A failed update
-    keeps the global model; its examples still go on to their entities."""
+    ``config.global_config``, so the model learns from the examples' own offsets, each uid once
+    within the horizon: ``recent_uids`` are those it trained on). A failed update keeps the global
+    model; duplicates and the examples of a failed update still go on to their entities, whose
+    stage dead-letters what it does not train."""
     settings = config.global_config
     corrected, updates, micros = [], [], []
-    failed = 0
+    failed, changed = 0, False
     for end in sorted(due):
         examples = order_minibatch(due[end])
         corrected.extend(ex._replace(correction=score)
                          for ex, score in zip(examples, correction_scores(model, examples)))
-        flush = train_due(model, {}, GLOBAL_MODEL_ID, {end: examples}, settings)
-        model = flush.model
+        flush = train_due(model, recent_uids, GLOBAL_MODEL_ID, {end: examples}, settings)
+        model, recent_uids, changed = flush.model, flush.recent_uids, changed or flush.changed
         updates.extend(flush.updates)
         micros.extend(flush.train_micros)
         failed += flush.failed_updates
-    return GlobalFlush(model, corrected, updates, failed, micros)
+    return GlobalFlush(model, recent_uids, changed, corrected, updates, failed, micros)
