@@ -139,6 +139,8 @@ def main(argv=None):
     parser.add_argument("--features", type=int, default=3)
     parser.add_argument("--intervals", type=int, default=5)
     parser.add_argument("--modes", default="batch,streaming")
+    parser.add_argument("--job-flags", default="",
+                        help="more flags for our job, e.g. '--global-correction none' (default: its defaults)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each pair this many times (alternating which goes first) and report medians")
     args = parser.parse_args(argv)
@@ -153,7 +155,7 @@ def main(argv=None):
             extra = ["--streaming"] if mode == "streaming" else []
             floor_cmd = [sys.executable, os.path.abspath(__file__), "--floor", data, os.path.join(work, f"floor-{mode}"),
                          *extra]
-            ours_cmd = job_command(data, os.path.join(work, f"ours-{mode}"), *extra)
+            ours_cmd = job_command(data, os.path.join(work, f"ours-{mode}"), *extra, *args.job_flags.split())
             floors, ours_times, ratios = [], [], []
             for run in range(args.repeat):
                 # Alternate which one goes first, so that a drift in the machine's load hits both alike.
