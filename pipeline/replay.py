@@ -1,9 +1,10 @@
 """``python -m pipeline.replay``: the job's updates without Beam, for backfills and tuning.
 
 Takes the job's own flags (the same option set as ``python -m pipeline``) over the same inputs,
-applies the job's per-entity updates in the same order (``transforms.replay.EntityReplay``), and
-writes the same layout under ``--output``: ``updates/``, the snapshot, ``dead-letter/``,
-``progressive-validation.json`` and ``summary.json``. The models equal the job's bit for bit, for
+applies the job's per-entity updates in the same order (``transforms.replay.EntityReplay``, behind
+``GlobalReplay`` for the global correction), and writes the same layout under ``--output``:
+``updates/``, the snapshot, ``dead-letter/``, ``progressive-validation.json`` and ``summary.json``
+(and ``global-updates/`` and ``fixed-effect/global-correction/``). The models equal the job's bit for bit, for
 any number of ``--processes`` (the entities split across them by ``shard_of``).
 
     python -m pipeline.replay --input 'events/*.avro' --output out/ --entity-field userId \\

@@ -9,14 +9,12 @@ import random
 from pathlib import Path
 
 import pytest
-from apache_beam.testing.test_stream import TestStream
-from apache_beam.transforms.window import TimestampedValue
 
 from jobutil import make_inputs, read_avro_dir, run_job, snapshot
 from pipeline.__main__ import main as job_main
 from pipeline.replay import main as replay_main
 from test_random_effects import T0, config, counter, per_bundle_metrics, rec, run  # noqa: F401 (fixture)
-from test_replay import COUNTS, _dead_letters, _updates, messy_inputs  # noqa: F401 (fixture)
+from test_replay import COUNTS, _dead_letters, _updates, messy_inputs, watermarked_stream  # noqa: F401 (fixture)
 from transforms.examples import DeadLetter, ExampleParser
 from transforms.replay import EntityReplay, GlobalReplay
 from transforms.state import EXAMPLE_VERSION, decode_example, encode_example
@@ -145,14 +143,7 @@ def test_a_streaming_job_with_a_global_correction_equals_the_replay_late_example
         r = records.pop(rng.randrange(20, 60))
         records.insert(rng.randrange(100, 150), r)
     records.insert(120, dict(records[30]))  # a duplicate
-    events, watermark = TestStream(), None
-    for r in records:
-        events.add_elements([TimestampedValue(r, r["timestamp"] / 1000.0)])
-        mark = r["timestamp"] - lateness_ms
-        if watermark is None or mark > watermark:
-            watermark = mark
-            events.advance_watermark_to(watermark / 1000.0)
-    events.advance_watermark_to((T0 + 3_600_000) / 1000.0).advance_watermark_to_infinity()
+    events = watermarked_stream(records, lateness_ms)
     outputs, result = run([], cfg, streaming_events=events)
 
     glob, state = GlobalReplay(cfg, lateness_ms), EntityReplay(cfg, lateness_ms)

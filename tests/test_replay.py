@@ -108,6 +108,19 @@ def test_replay_shards_see_the_watermark_of_records_they_do_not_own_even_invalid
     assert outputs["1"][3]["late_examples"] > 0 and outputs["1"][3]["dead_letters_by_reason"]["parse/label"] == 1
 
 
+def watermarked_stream(records, lateness_ms):
+    """A TestStream of ``records`` in order whose watermark is the replay's: the newest event time
+    so far minus ``lateness_ms``; then an hour past T0, then infinity."""
+    events, watermark = TestStream(), None
+    for r in records:
+        events.add_elements([TimestampedValue(r, r["timestamp"] / 1000.0)])
+        mark = r["timestamp"] - lateness_ms
+        if watermark is None or mark > watermark:
+            watermark = mark
+            events.advance_watermark_to(watermark / 1000.0)
+    return events.advance_watermark_to((T0 + 3_600_000) / 1000.0).advance_watermark_to_infinity()
+
+
 def test_replay_equals_a_streaming_job_with_the_same_watermark_late_examples_included(per_bundle_metrics):
     """The replay's watermark (newest event time read minus the lateness) drives a TestStream: the
     streaming job then sees exactly what the replay sees, late examples included."""
@@ -129,14 +142,7 @@ def test_replay_equals_a_streaming_job_with_the_same_watermark_late_examples_inc
     initial = [{"modelId": "e2", "version": 4, "means": [{"name": "(INTERCEPT)", "term": "", "value": 0.5}],
                 "variances": [{"name": "(INTERCEPT)", "term": "", "value": 0.2}]}]
 
-    events, watermark = TestStream(), None
-    for r in records:
-        events.add_elements([TimestampedValue(r, r["timestamp"] / 1000.0)])
-        mark = r["timestamp"] - lateness_ms
-        if watermark is None or mark > watermark:
-            watermark = mark
-            events.advance_watermark_to(watermark / 1000.0)
-    events.advance_watermark_to((T0 + 3_600_000) / 1000.0).advance_watermark_to_infinity()
+    events = watermarked_stream(records, lateness_ms)
     outputs, result = run([], cfg, initial_models=initial, streaming_events=events)
 
     state = EntityReplay(cfg, lateness_ms)

@@ -2,7 +2,9 @@
 
 ``UpdateRandomEffects`` takes raw example records (dicts as read from Avro or JSON lines) and,
 optionally, initial model records, and returns ``.updates`` (model-update dicts),
-``.dead_letters`` and ``.validation`` (per-update progressive-validation records).
+``.dead_letters`` and ``.validation`` (per-update progressive-validation records). With the global
+correction (``UpdateConfig.corrects``) a stage keyed by one constant, ``GlobalCorrectionFn``, comes
+first and ``.global_updates`` holds its model's updates.
 """
 
 import time
@@ -166,7 +168,26 @@ def rearm(due: Dict[int, list], keep: list, marks_state, flush) -> None:
     marks_state.write((flushed_until, next_end))
 
 
-class UpdateRandomEffectsFn(beam.DoFn):
+def interval_stage_state():
+    """The state and timer of an interval stage, new specs for each DoFn class (a timer spec holds its
+    callback): the buffer (bag of entries), the model (``EntityState``), the flush marks, the flush
+    timer (event time)."""
+    return (BagStateSpec("buffer", BytesCoder()), ReadModifyWriteStateSpec("model", EntityStateCoder()),
+            ReadModifyWriteStateSpec("flushed_until", FlushMarksCoder()), TimerSpec("flush", TimeDomain.WATERMARK))
+
+
+class _IntervalStageFn(beam.DoFn):
+    """What both interval stages (the entities' and the global correction's) are built with.
+    ``flush_all_due``: batch (train every buffered interval at the first firing);
+    ``hold_to_wall_clock``: a local watch (see ``wait_for_clock``)."""
+
+    def __init__(self, config: UpdateConfig, flush_all_due: bool = False, hold_to_wall_clock: bool = False):
+        self.config = config
+        self.flush_all_due = flush_all_due
+        self.hold_to_wall_clock = hold_to_wall_clock
+
+
+class UpdateRandomEffectsFn(_IntervalStageFn):
     """Buffers each entity's examples by mini-batch interval and trains them in interval order.
 
     State, all per entity in the global window:
@@ -193,15 +214,7 @@ class UpdateRandomEffectsFn(beam.DoFn):
     "duplicate" instead of being trained again. Only successfully trained uids are remembered.
     """
 
-    BUFFER = BagStateSpec("buffer", BytesCoder())
-    MODEL = ReadModifyWriteStateSpec("model", EntityStateCoder())
-    MARKS = ReadModifyWriteStateSpec("flushed_until", FlushMarksCoder())
-    FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
-
-    def __init__(self, config: UpdateConfig, flush_all_due: bool = False, hold_to_wall_clock: bool = False):
-        self.config = config
-        self.flush_all_due = flush_all_due
-        self.hold_to_wall_clock = hold_to_wall_clock
+    BUFFER, MODEL, MARKS, FLUSH = interval_stage_state()
 
     def setup(self):
         tune_garbage_collection()
@@ -270,7 +283,7 @@ class UpdateRandomEffectsFn(beam.DoFn):
         rearm(due, keep, marks_state, flush)
 
 
-class GlobalCorrectionFn(beam.DoFn):
+class GlobalCorrectionFn(_IntervalStageFn):
     """The global correction coordinate (``--global-correction independent``): one global model,
     trained interval by interval on every example, whose score raises each example's offset
     before its entity sees it.
@@ -289,15 +302,7 @@ class GlobalCorrectionFn(beam.DoFn):
     examples go on to their entities, whose stage dead-letters what it cannot train.
     """
 
-    BUFFER = BagStateSpec("buffer", BytesCoder())
-    MODEL = ReadModifyWriteStateSpec("model", EntityStateCoder())
-    MARKS = ReadModifyWriteStateSpec("flushed_until", FlushMarksCoder())
-    FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
-
-    def __init__(self, config: UpdateConfig, flush_all_due: bool = False, hold_to_wall_clock: bool = False):
-        self.config = config
-        self.flush_all_due = flush_all_due
-        self.hold_to_wall_clock = hold_to_wall_clock
+    BUFFER, MODEL, MARKS, FLUSH = interval_stage_state()
 
     def setup(self):
         tune_garbage_collection()

@@ -14,6 +14,10 @@ as the batch job's does. For input ordered by event time with disorder below ``l
 result is the batch job's, and memory holds the models plus the examples of the intervals still
 open; an example further behind is late, exactly as it would be in a streaming job with that
 watermark, and is trained in its entity's next mini-batch.
+
+``GlobalReplay`` is the job's global correction stage the same way: one model, its buffer and
+flush mark, with the same watermark; its flushes pass each example, with its correction, to
+``EntityReplay.buffer_example`` before the watermark moves on.
 """
 
 import dataclasses
