@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from transforms import progress
 from transforms.formats import detect_format, sniff_format
 from transforms.io import AvroSink, JsonLinesSink, ReadModelRecords, ReadRecords, WriteRecords, WriteSnapshot
-from transforms.models import model_files
+from transforms.models import fixed_effect_dir, model_files
 from transforms.paths import data_files
 from transforms.random_effects import NAMESPACE, UpdateRandomEffects
 from transforms.update import GLOBAL_COORDINATE
@@ -67,6 +67,23 @@ def check_inputs(o: LambdaLearnerOptions) -> None:
             raise UsageError(f"{flag}: {err}") from None
         said_by = "--initial-models-format" if o.initial_models_format else "--input-format"
         _check_files(flag, files, o.initial_models_format or o.input_format, said_by, "--initial-models-format")
+
+
+def restart_note(o: LambdaLearnerOptions) -> Optional[str]:
+    """A one-line note when ``--initial-models`` is a snapshot's coordinate directory whose
+    snapshot also holds a global correction model, and ``--initial-global-model`` is not given: the
+    entities would restart on top of a global model that starts again from nothing. Reads (one
+    existence check), so ``run`` calls it with ``check_inputs``."""
+    if not (o.initial_models and not o.initial_global_model and update_config(o).corrects):
+        return None
+    snapshot = o.initial_models.rstrip("/").rsplit("/", 2)
+    if len(snapshot) < 3 or snapshot[1] != "random-effect":
+        return None
+    path = fixed_effect_dir(snapshot[0], GLOBAL_COORDINATE)
+    if not FileSystems.exists(path):
+        return None
+    return (f"note: {path} holds the global correction model of the snapshot --initial-models is from; "
+            f"pass --initial-global-model {path} to continue it (without it, it starts from nothing).")
 
 
 def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
@@ -238,7 +255,8 @@ def write_summary(m: Dict[str, Any], options: PipelineOptions, paths: Dict[str, 
         summary["update_latency_ms"] = m["update_latency_ms"]
     if summary["global_correction"] != "none":
         summary.update(global_updates=m.get("global_updates", 0), global_failed_updates=m.get("global_failed_updates", 0),
-                       global_late_examples=m.get("global_late_examples", 0))
+                       global_late_examples=m.get("global_late_examples", 0),
+                       global_initial_models=m.get("global_initial_models", 0))
     summary.update(extra or {})
     path = FileSystems.join(o.output, SUMMARY_FILE)
     with FileSystems.create(path) as f:
@@ -259,7 +277,8 @@ def format_summary(s: Dict[str, Any]) -> str:
     ]
     if s.get("global_correction", "none") != "none":
         lines.append(f"  global correction   {s.get('global_updates', 0):>10,}   updates, failed "
-                     f"{s.get('global_failed_updates', 0):,}, late examples {s.get('global_late_examples', 0):,}")
+                     f"{s.get('global_failed_updates', 0):,}, late examples {s.get('global_late_examples', 0):,}, "
+                     f"initial models loaded {s.get('global_initial_models', 0):,}")
     lines += [
         f"  dead letters        {s['dead_letters']:>10,}",
     ]
@@ -332,6 +351,9 @@ def run(options: PipelineOptions, wait: bool = True):
     dry_run = options.view_as(TestOptions).dry_run
     if not dry_run:
         check_inputs(options.view_as(LambdaLearnerOptions))
+        note = restart_note(options.view_as(LambdaLearnerOptions))
+        if note:
+            print(note, file=sys.stderr)
         if watches_on_local_runner(options):
             print(LOCAL_WATCH_NOTE, file=sys.stderr)
     disable_local_state_cache()

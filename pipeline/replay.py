@@ -170,7 +170,8 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
 
     Every shard reads every record and moves its watermark by each record's event time, so each
     sees the watermark the one-process replay sees, and trains its own entities exactly as that
-    one would; only the owner parses a record in full. Shard 0 also counts and dead-letters what
+    one would; only the owner parses a record in full, unless the global correction needs every
+    example in every shard. Shard 0 also counts and dead-letters what
     belongs to no entity (unreadable files, blank lines, records without an entity or event time,
     invalid initial-model records).
     """
@@ -319,6 +320,7 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
         passed_on(glob.finish())
         result.global_model = glob.model
         counts["global_late_examples"] = glob.late_examples if first else 0
+        counts["global_initial_models"] = glob.initial_models if first else 0
     if baseline is None:
         flushed(state.finish())
     out.close()

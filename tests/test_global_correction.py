@@ -190,6 +190,7 @@ def test_a_restart_from_the_snapshot_continues_the_global_model(tmp_path):
     run_job(dict(inputs, examples=str(tmp_path / "in" / "second.jsonl"),
                  models=str(tmp_path / "half1" / "random-effect" / "userId")), tmp_path / "half2", *GLOBAL,
             "--initial-global-model", str(tmp_path / "half1" / "fixed-effect" / GLOBAL_COORDINATE))
+    assert json.loads((tmp_path / "half2" / "summary.json").read_text())["global_initial_models"] == 1
 
     def global_model(out):
         (record,) = read_avro_dir(str(Path(out) / "fixed-effect" / GLOBAL_COORDINATE / "coefficients" / "*.avro"))
@@ -205,6 +206,39 @@ def test_a_restart_from_the_snapshot_continues_the_global_model(tmp_path):
     for entity, (means, _) in whole.items():
         for k, v in means.items():
             assert halves[entity][0][k] == pytest.approx(v, rel=1e-9, abs=1e-12)
+
+
+def test_the_global_model_remembers_a_uid_per_entity():
+    """Two entities may use the same uid: both examples train the global model; a redelivery does not."""
+    cfg = config(minibatch_seconds=60, global_correction="independent")
+    a, b = _examples(2, 6, T0, 60_000)
+    a, b = a._replace(entity_id="a", uid="1"), b._replace(entity_id="b", uid="1")
+    once = correct_due(None, {}, {T0 + 60_000: [a, b]}, cfg)
+    assert once.updates[0]["numExamples"] == 2 and set(once.recent_uids) == {"a\x1f1", "b\x1f1"}
+    again = correct_due(once.model, once.recent_uids, {T0 + 120_000: [a._replace(timestamp_ms=T0 + 60_000)]}, cfg)
+    assert again.updates == [] and [e.uid for e in again.examples] == ["1"]  # passed on, uid as it was
+
+
+def test_an_initial_global_model_of_any_id_becomes_the_global_model_in_job_and_replay(messy_inputs, tmp_path,
+                                                                                       capsys):
+    """A file of several models (here the entities' initial models): the newest is the start, named
+    "global", in the job and the replay alike; and a restart that forgets the global model gets a note."""
+    inputs, _ = messy_inputs
+    run_job(inputs, tmp_path / "job", "--initial-global-model", inputs["models"])
+    assert replay_main(["--input", inputs["examples"], "--output", str(tmp_path / "replay"), "--entity-field",
+                        "userId", "--timestamp-field", "timestamp", "--minibatch-seconds", "300",
+                        "--initial-models", inputs["models"], "--initial-global-model", inputs["models"]]) == 0
+    job, replayed = (read_avro_dir(str(tmp_path / out / "fixed-effect" / GLOBAL_COORDINATE / "coefficients" / "*"))
+                     for out in ("job", "replay"))
+    assert job == replayed and [r["modelId"] for r in job] == [GLOBAL_MODEL_ID]
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    valid = sum(1 for line in open(inputs["models"]) if "NaN" not in line)  # one record is invalid
+    assert summary["global_initial_models"] == valid > 1
+    updates = read_avro_dir(str(tmp_path / "job" / "global-updates" / "*.avro"))
+    assert {r["modelId"] for r in updates} == {GLOBAL_MODEL_ID}
+    capsys.readouterr()
+    run_job(dict(inputs, models=str(tmp_path / "job" / "random-effect" / "userId")), tmp_path / "again")
+    assert "pass --initial-global-model" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -38,7 +38,7 @@ from .state import (
     encode_model,
     example_timestamp,
 )
-from .update import GLOBAL_MODEL_ID, UpdateConfig, correct_due, train_due
+from .update import GLOBAL_MODEL_ID, UpdateConfig, as_global_model, correct_due, train_due
 from .worker import tune_garbage_collection
 
 NAMESPACE = "lambda_learner"
@@ -310,13 +310,15 @@ class GlobalCorrectionFn(_IntervalStageFn):
         self.failed = Metrics.counter(NAMESPACE, "global_failed_updates")
         self.late = Metrics.counter(NAMESPACE, "global_late_examples")
         self.train_micros = Metrics.distribution(NAMESPACE, "global_update_train_micros")
+        self.initial = Metrics.counter(NAMESPACE, "global_initial_models")
 
     def process(self, element, buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
                 marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
         _, payload = element
         if payload[:1] == MODEL_TAG:
-            incoming = decode_model(payload[1:])
+            incoming = as_global_model(decode_model(payload[1:]))
             current = model_state.read()
+            self.initial.inc()
             model_state.write(EntityState(incoming) if current is None else
                               EntityState(newer(current.model, incoming), current.recent_uids))
             return
@@ -464,7 +466,7 @@ class UpdateRandomEffects(beam.PTransform):
                 lambda kv: (GLOBAL_MODEL_ID, kv[1])).with_output_types(Tuple[str, bytes]))
             trainer = self.config.trainer
             initial_records = models.models | "InitialGlobalModelRecords" >> beam.Map(
-                lambda kv: initial_model_record(decode_model(kv[1][1:]), trainer))
+                lambda kv: initial_model_record(as_global_model(decode_model(kv[1][1:])), trainer))
         corrected = (
             keyed
             | "FlattenExamplesAndGlobalModel" >> beam.Flatten()

@@ -31,6 +31,7 @@ from .update import (
     EntityFlush,
     GlobalFlush,
     UpdateConfig,
+    as_global_model,
     chunks,
     correct_due,
     order_minibatch,
@@ -38,6 +39,18 @@ from .update import (
     train_due,
     train_minibatch,
 )
+
+
+def move_watermark(stage, timestamp_ms: int) -> Optional[int]:
+    """A record with event time ``timestamp_ms`` was read: a replay stage's watermark (its
+    ``watermark_ms``, trailing the newest event time by its ``lateness_ms``) moves, never back;
+    returned (None when the stage has no watermark: everything waits for the end)."""
+    if stage.lateness_ms is None:
+        return None
+    mark = timestamp_ms - stage.lateness_ms
+    if stage.watermark_ms is None or mark > stage.watermark_ms:
+        stage.watermark_ms = mark
+    return stage.watermark_ms
 
 
 class EntityReplay:
@@ -88,11 +101,8 @@ class EntityReplay:
     def advance(self, timestamp_ms: int) -> Iterable[Tuple[str, EntityFlush]]:
         """A record with event time ``timestamp_ms`` was read (an example of this replay's or not, see
         ``pipeline.replay``'s shards): move the watermark and train what it makes due."""
-        if self.lateness_ms is None:
+        if move_watermark(self, timestamp_ms) is None:
             return ()
-        mark = timestamp_ms - self.lateness_ms
-        if self.watermark_ms is None or mark > self.watermark_ms:
-            self.watermark_ms = mark
         if self._due and self._due[0][0] <= self.watermark_ms:
             return self._flush_until(self.watermark_ms)
         return ()  # most records: nothing due, and no generator made for it
@@ -148,10 +158,13 @@ class GlobalReplay:
         self.buffers: Dict[int, List[Example]] = {}
         self.watermark_ms: Optional[int] = None
         self.late_examples = 0
+        self.initial_models = 0
         self.train_seconds = 0.0
 
     def add_model(self, model: RandomEffectModel) -> None:
         """The global model to start from (the newest, by the one rule, when given more than one)."""
+        self.initial_models += 1
+        model = as_global_model(model)
         self.model = model if self.model is None else newer(self.model, model)
 
     def add_example(self, ex: Example) -> None:
@@ -163,11 +176,8 @@ class GlobalReplay:
     def advance(self, timestamp_ms: int) -> Optional[GlobalFlush]:
         """A record with event time ``timestamp_ms`` was read: move the watermark; the flush of the
         intervals it passes (their examples with their corrections), or None."""
-        if self.lateness_ms is None:
+        if move_watermark(self, timestamp_ms) is None:
             return None
-        mark = timestamp_ms - self.lateness_ms
-        if self.watermark_ms is None or mark > self.watermark_ms:
-            self.watermark_ms = mark
         if self.buffers and min(self.buffers) <= self.watermark_ms:
             return self._flush(self.watermark_ms)
         return None

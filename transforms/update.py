@@ -401,6 +401,12 @@ def train_due(model: Optional[RandomEffectModel], recent_uids: Dict[str, int], e
                        failed_examples, trained)
 
 
+def as_global_model(model: RandomEffectModel) -> RandomEffectModel:
+    """An initial global model under the global model's id, whatever id its record had, so that
+    its updates and the snapshot name it ``GLOBAL_MODEL_ID``."""
+    return model._replace(entity_id=GLOBAL_MODEL_ID)
+
+
 def correction_scores(model: Optional[RandomEffectModel], examples: Sequence[Example]) -> List[float]:
     """Each example's score under the global correction model, without its offset (0 before the
     global model has learned anything)."""
@@ -432,8 +438,8 @@ def correct_due(model: Optional[RandomEffectModel], recent_uids: Dict[str, int],
     """The global correction stage's step, for the job and ``pipeline.replay`` alike: for each due
     interval in order, score its examples with the global model as it stands (trained on the
     intervals before), then train the global model on them (``train_due`` with
-    ``config.global_config``, so the model learns from the examples' own offsets, each uid once
-    within the horizon: ``recent_uids`` are those it trained on). A failed update keeps the global
+    ``config.global_config``, so the model learns from the examples' own offsets, each (entity, uid)
+    once within the horizon: ``recent_uids`` are those it trained on, as "entity\x1fuid"). A failed update keeps the global
     model; duplicates and the examples of a failed update still go on to their entities, whose
     stage dead-letters what it does not train."""
     settings = config.global_config
@@ -443,7 +449,9 @@ def correct_due(model: Optional[RandomEffectModel], recent_uids: Dict[str, int],
         examples = order_minibatch(due[end])
         corrected.extend(ex._replace(correction=score)
                          for ex, score in zip(examples, correction_scores(model, examples)))
-        flush = train_due(model, recent_uids, GLOBAL_MODEL_ID, {end: examples}, settings)
+        # A uid is an entity's (two entities may use the same one): remembered with the entity's id.
+        keyed = [ex if ex.uid is None else ex._replace(uid=f"{ex.entity_id}\x1f{ex.uid}") for ex in examples]
+        flush = train_due(model, recent_uids, GLOBAL_MODEL_ID, {end: keyed}, settings)
         model, recent_uids, changed = flush.model, flush.recent_uids, changed or flush.changed
         updates.extend(flush.updates)
         micros.extend(flush.train_micros)
