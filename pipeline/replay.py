@@ -239,31 +239,30 @@ def _replay_shard(options: PipelineOptions, shard: int, shards: int, write_outpu
             passed_on(glob.advance(timestamp_ms))
         flushed(state.advance(timestamp_ms))
 
-    models_format = o.initial_models_format or o.input_format
-    if o.initial_global_model:
-        model_parser = ModelParser(config.global_penalty, o.max_model_coefficients)
-        for path in model_files(o.initial_global_model, bool(models_format)):
-            for record in read_path_records(path, models_format):
-                parsed = record if isinstance(record, DeadLetter) else model_parser.parse_as_read(record)
-                if isinstance(parsed, DeadLetter):
-                    if first:
-                        dead_letter(parsed)
-                elif parsed is not None:
-                    glob.add_model(parsed)
-    if o.initial_models:
-        model_parser = ModelParser(o.penalty, o.max_model_coefficients)
-        for path in model_files(o.initial_models, bool(models_format)):
-            for record in read_path_records(path, models_format):
+    def valid_models(path: str, penalty: float):
+        """The valid model records under ``path``; the invalid ones are shard 0's dead letters."""
+        models_format = o.initial_models_format or o.input_format
+        model_parser = ModelParser(penalty, o.max_model_coefficients)
+        for file in model_files(path, bool(models_format)):
+            for record in read_path_records(file, models_format):
                 parsed = record if isinstance(record, DeadLetter) else model_parser.parse_as_read(record)
                 if parsed is None:  # a blank line
                     continue
                 if isinstance(parsed, DeadLetter):
                     if first:
                         dead_letter(parsed)
-                elif mine(parsed.entity_id):
-                    state.add_model(parsed)
-                    if baseline is not None:
-                        baseline.add_model(parsed)
+                else:
+                    yield parsed
+
+    if o.initial_global_model:
+        for model in valid_models(o.initial_global_model, config.global_penalty):
+            glob.add_model(model)
+    if o.initial_models:
+        for model in valid_models(o.initial_models, o.penalty):
+            if mine(model.entity_id):
+                state.add_model(model)
+                if baseline is not None:
+                    baseline.add_model(model)
     counts["entities_with_initial_models"] = len(state.models)
 
     baseline_cpu = 0.0
