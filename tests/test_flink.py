@@ -88,9 +88,11 @@ def assert_same_as_direct(direct, output, streaming, corrected=True):
                 assert ours_b[key] == value, key
 
 
-def test_embedded_flink_batch_gives_the_directrunners_models_and_counts(direct, tmp_path):
-    run_flink(direct[1], tmp_path / "out", "--flink_master=[local]")
-    assert_same_as_direct(direct, tmp_path / "out", streaming=False)
+def test_embedded_flink_batch_gives_the_directrunners_models_and_counts(direct_alone, tmp_path):
+    """Flink's batch execution: the entities' stage alone (with the global correction the job runs
+    in streaming mode on Flink, below)."""
+    run_flink(direct_alone[1], tmp_path / "out", "--flink_master=[local]", "--global-correction", "none")
+    assert_same_as_direct(direct_alone, tmp_path / "out", streaming=False, corrected=False)
 
 
 def test_embedded_flink_streaming_gives_the_directrunners_models_and_counts(direct, tmp_path):
@@ -105,14 +107,6 @@ def direct_alone(direct):
     run_job(inputs, reference.parent / "direct-alone", "--runner=DirectRunner", "--global-correction", "none")
     return examples, inputs, reference.parent / "direct-alone"
 
-
-def test_embedded_flink_streaming_without_the_global_correction_gives_the_directrunners_models(direct_alone,
-                                                                                                tmp_path):
-    """The entities' stage alone (the default runs above have the global stage, one key with its
-    own timers, ahead of it: Flink's watermark holds pass its corrected examples on before the
-    entities' mini-batches close, as Beam's local runner does)."""
-    run_flink(direct_alone[1], tmp_path / "out", "--flink_master=[local]", "--streaming", "--global-correction", "none")
-    assert_same_as_direct(direct_alone, tmp_path / "out", streaming=True, corrected=False)
 
 
 @pytest.fixture
@@ -131,8 +125,11 @@ def cluster(tmp_path):
 
 
 def test_standalone_cluster_gives_the_directrunners_models(direct, cluster, tmp_path):
-    run_flink(direct[1], tmp_path / "out", "--flink_master=localhost:8081")
-    assert_same_as_direct(direct, tmp_path / "out", streaming=False)
+    """The plain command, no --streaming: with the global correction (one key) Flink runs it in
+    streaming mode, and says so; the models are the DirectRunner's batch ones."""
+    proc = run_flink(direct[1], tmp_path / "out", "--flink_master=localhost:8081")
+    assert flink.FLINK_STREAMING_NOTE in proc.stderr
+    assert_same_as_direct(direct, tmp_path / "out", streaming=True)
     # The job ran on the cluster, not in an embedded one: its JobManager lists it as finished.
     overview = subprocess.run(["bash", os.path.join(ROOT, "flink", "cluster.sh"), "status", str(cluster)],
                               capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
@@ -167,6 +164,15 @@ def test_flink_runner_gets_the_cached_job_server_and_its_flink_minor(tmp_path, m
     # Other runners, and a FlinkRunner talking to a job server someone else started, are left alone.
     assert flink_options("--runner=DirectRunner").flink_job_server_jar is None
     assert flink_options("--runner=FlinkRunner", "--job_endpoint=localhost:8099").flink_job_server_jar is None
+
+
+def test_flink_runs_the_global_correction_in_streaming_mode_and_the_entities_alone_in_batch(capsys):
+    from apache_beam.options.pipeline_options import StandardOptions
+    assert parse_options(BASE + ["--runner=FlinkRunner"]).view_as(StandardOptions).streaming
+    assert flink.FLINK_STREAMING_NOTE in capsys.readouterr().err
+    assert not parse_options(BASE + ["--runner=FlinkRunner", "--global-correction", "none"]).view_as(
+        StandardOptions).streaming
+    assert not parse_options(BASE).view_as(StandardOptions).streaming  # other runners: as given
 
 
 def test_flink_fault_tolerance_flags_are_accepted_and_unset_ones_are_not_sent():
