@@ -76,10 +76,11 @@ def restart_note(o: LambdaLearnerOptions) -> Optional[str]:
     existence check), so ``run`` calls it with ``check_inputs``."""
     if not (o.initial_models and not o.initial_global_model and update_config(o).corrects):
         return None
-    snapshot = o.initial_models.rstrip("/").rsplit("/", 2)
-    if len(snapshot) < 3 or snapshot[1] != "random-effect":
+    layout, _ = FileSystems.split(o.initial_models.rstrip("/"))  # <snapshot>/random-effect
+    snapshot, kind = FileSystems.split(layout)
+    if kind != "random-effect":
         return None
-    path = fixed_effect_dir(snapshot[0], GLOBAL_COORDINATE)
+    path = fixed_effect_dir(snapshot, GLOBAL_COORDINATE)
     if not FileSystems.exists(path):
         return None
     return (f"note: {path} holds the global correction model of the snapshot --initial-models is from; "

@@ -29,7 +29,7 @@ from transforms.avro_encoding import ModelContainerWriter
 from transforms.examples import DeadLetter, ExampleParser
 from transforms.formats import is_blank, to_json
 from transforms.io import read_path_records
-from transforms.models import ModelParser, coordinate_dir, fixed_effect_dir, model_files, write_snapshot
+from transforms.models import ModelParser, coordinate_dir, model_files, write_snapshot
 from transforms.paths import data_files
 from transforms.replay import EntityReplay, GlobalReplay, PeriodicBatchReplay
 from transforms.update import GLOBAL_COORDINATE
@@ -403,9 +403,9 @@ def replay(options: PipelineOptions, write_outputs: bool = True) -> Tuple[Dict[s
     if update_config(o).corrects:
         paths["global_updates"] = FileSystems.join(o.output, "global-updates")
         if result.global_model is not None:
-            write_snapshot([result.global_model], o.output, GLOBAL_COORDINATE, o.entity_field, o.feature_shard,
-                           o.trainer, fixed_effect=True)
-            paths["global_snapshot"] = fixed_effect_dir(o.output, GLOBAL_COORDINATE)
+            paths["global_snapshot"] = write_snapshot([result.global_model], o.output, GLOBAL_COORDINATE,
+                                                      o.entity_field, o.feature_shard, o.trainer,
+                                                      fixed_effect=True)["directory"]
     paths["validation"] = FileSystems.join(o.output, VALIDATION_FILE)
     with FileSystems.create(paths["validation"]) as f:
         f.write(to_json(validation.report()).encode("utf-8") + b"\n")

@@ -28,11 +28,10 @@ from .examples import DeadLetter
 from .formats import AVRO, detect_format, is_data_file, to_json
 from .models import (
     COEFFICIENTS,
-    coordinate_dir,
-    fixed_effect_dir,
     latest_record,
     model_class,
     model_files,
+    snapshot_dir,
     write_id_info,
 )
 from .paths import data_files
@@ -342,7 +341,7 @@ class WriteSnapshot(beam.PTransform):
                  shards: int = 1, fixed_effect: bool = False):
         super().__init__()
         self.fixed_effect = fixed_effect
-        self.base = (fixed_effect_dir if fixed_effect else coordinate_dir)(output, coordinate)
+        self.base = snapshot_dir(output, coordinate, fixed_effect)
         self.entity_field = entity_field
         self.feature_shard = feature_shard
         self.trainer = trainer

@@ -340,6 +340,12 @@ def fixed_effect_dir(output: str, coordinate: str) -> str:
     return FileSystems.join(output, "fixed-effect", coordinate)
 
 
+def snapshot_dir(output: str, coordinate: str, fixed_effect: bool = False) -> str:
+    """Where a snapshot of ``coordinate`` goes: ``fixed_effect_dir`` for a global model, else
+    ``coordinate_dir``."""
+    return (fixed_effect_dir if fixed_effect else coordinate_dir)(output, coordinate)
+
+
 def write_snapshot(models: Iterable[RandomEffectModel], output: str, coordinate: str, entity_field: str,
                    feature_shard: str = "features", trainer: str = "sequential_bayesian_logistic",
                    records_per_part: int = 100_000, sparsity_threshold: float = 0.0,
@@ -351,10 +357,8 @@ def write_snapshot(models: Iterable[RandomEffectModel], output: str, coordinate:
     sorted order, so the files are reproducible); returns the paths and the count. ``fixed_effect``:
     ``fixed-effect/<coordinate>/coefficients/`` instead, without ``id-info`` (a global model).
     """
-    if fixed_effect:  # a global model (the global correction): fixed-effect/<coordinate>, no id-info
-        base = fixed_effect_dir(output, coordinate)
-    else:
-        base = coordinate_dir(output, coordinate)
+    base = snapshot_dir(output, coordinate, fixed_effect)
+    if not fixed_effect:  # a global model (the global correction) has no id-info
         write_id_info(base, entity_field, feature_shard)
     ordered = sorted(models, key=lambda m: m.entity_id)
     parts = []

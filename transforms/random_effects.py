@@ -61,8 +61,9 @@ class ParseExamplesFn(beam.DoFn):
     read step (a file that could not be read) passes through to the dead letters.
     """
 
-    def __init__(self, parser: ExampleParser):
+    def __init__(self, parser: ExampleParser, key: Optional[str] = None):
         self.parser = parser
+        self.key = key  # every example under this key (the global correction's) instead of its entity
 
     def setup(self):
         self.read = Metrics.counter(NAMESPACE, "records_read")
@@ -87,15 +88,17 @@ class ParseExamplesFn(beam.DoFn):
             return
         self.valid.inc()
         encoded = encode_example(parsed)
-        yield TimestampedValue((parsed.entity_id, EXAMPLE_TAG + encoded), parsed.timestamp_ms / 1000.0)
+        yield TimestampedValue((self.key or parsed.entity_id, EXAMPLE_TAG + encoded), parsed.timestamp_ms / 1000.0)
 
 
 class ParseModelsFn(beam.DoFn):
     """Raw model record (an Avro dict or a JSON line) -> ``(entity, encoded model)`` at
-    MIN_TIMESTAMP, or a dead letter (a line that is not JSON is one, with the line as text)."""
+    MIN_TIMESTAMP, or a dead letter (a line that is not JSON is one, with the line as text).
+    ``rename`` (the global correction's ``as_global_model``) maps each model first."""
 
-    def __init__(self, parser: ModelParser):
+    def __init__(self, parser: ModelParser, rename=None):
         self.parser = parser
+        self.rename = rename
 
     def process(self, record):
         if isinstance(record, DeadLetter):
@@ -109,6 +112,8 @@ class ParseModelsFn(beam.DoFn):
             count_dead_letter(parsed)
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, parsed.to_dict())
             return
+        if self.rename is not None:
+            parsed = self.rename(parsed)
         yield TimestampedValue((parsed.entity_id, MODEL_TAG + encode_model(parsed)), MIN_TIMESTAMP)
 
 
@@ -123,6 +128,15 @@ def buffer_example(config: UpdateConfig, encoded: bytes, buffer, marks_state, fl
         flush.set(Timestamp(micros=batch_end * 1000))
         marks_state.write((flushed_until, batch_end))
     return late
+
+
+def merge_initial_model(model_state, payload: bytes) -> None:
+    """An initial model (``MODEL_TAG`` + encoded) into a stage's model cell: the newer of it and
+    what the cell holds (``models.newer``), keeping the remembered uids."""
+    incoming = decode_model(payload[1:])
+    current = model_state.read()
+    model_state.write(EntityState(incoming) if current is None else
+                      EntityState(newer(current.model, incoming), current.recent_uids))
 
 
 def wait_for_clock(fired: Timestamp, flush) -> bool:
@@ -234,13 +248,8 @@ class UpdateRandomEffectsFn(_IntervalStageFn):
                 marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
         entity, payload = element
         if payload[:1] == MODEL_TAG:
-            incoming = decode_model(payload[1:])
-            current = model_state.read()
+            merge_initial_model(model_state, payload)
             self.initial.inc()
-            if current is None:
-                model_state.write(EntityState(incoming))
-            else:
-                model_state.write(EntityState(newer(current.model, incoming), current.recent_uids))
             return
         if buffer_example(self.config, payload[1:], buffer, marks_state, flush):
             self.late.inc()
@@ -316,11 +325,8 @@ class GlobalCorrectionFn(_IntervalStageFn):
                 marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
         _, payload = element
         if payload[:1] == MODEL_TAG:
-            incoming = as_global_model(decode_model(payload[1:]))
-            current = model_state.read()
+            merge_initial_model(model_state, payload)
             self.initial.inc()
-            model_state.write(EntityState(incoming) if current is None else
-                              EntityState(newer(current.model, incoming), current.recent_uids))
             return
         if buffer_example(self.config, payload[1:], buffer, marks_state, flush):
             self.late.inc()
@@ -410,7 +416,8 @@ class UpdateRandomEffects(beam.PTransform):
         self.hold_to_wall_clock = hold_to_wall_clock
 
     def expand(self, examples):
-        parsed = examples | "ParseExamples" >> beam.ParDo(ParseExamplesFn(self.example_parser)).with_output_types(
+        key = GLOBAL_MODEL_ID if self.config.corrects else None  # the global correction's stage comes first
+        parsed = examples | "ParseExamples" >> beam.ParDo(ParseExamplesFn(self.example_parser, key)).with_output_types(
             Tuple[str, bytes]).with_outputs(DEAD_LETTERS, main="examples")
         examples = parsed.examples | "ExamplesInGlobalWindow" >> beam.WindowInto(GlobalWindows())
         dead = [parsed[DEAD_LETTERS]]
@@ -418,13 +425,11 @@ class UpdateRandomEffects(beam.PTransform):
         if self.config.corrects:
             examples, global_updates, initial_global = self._correct(examples, dead)
         keyed = [examples]
-        models = None
+        initial_records = None
         if self.initial_models is not None:
-            models = self.initial_models | "ParseInitialModels" >> beam.ParDo(
-                ParseModelsFn(self.model_parser)).with_output_types(Tuple[str, bytes]).with_outputs(
-                DEAD_LETTERS, main="models")
-            keyed.append(models.models)
-            dead.append(models[DEAD_LETTERS])
+            models, initial_records = self._parse_models(self.initial_models, self.model_parser, "ParseInitialModels",
+                                                         "InitialModelRecords", dead)
+            keyed.append(models)
         entity_input = keyed | "FlattenExamplesAndModels" >> beam.Flatten()
         if global_updates is not None:
             # A fusion break between the two stateful stages: fused, Beam's local runner loses the
@@ -442,31 +447,33 @@ class UpdateRandomEffects(beam.PTransform):
         )
         dead.append(trained[DEAD_LETTERS])
         dead_letters = dead | "FlattenDeadLetters" >> beam.Flatten()
-        initial_records = None
-        if models is not None:
-            trainer = self.config.trainer
-            initial_records = models.models | "InitialModelRecords" >> beam.Map(
-                lambda kv: initial_model_record(decode_model(kv[1][1:]), trainer))
         return RandomEffectOutputs(trained.updates, dead_letters, trained[VALIDATION], initial_records,
                                    global_updates, initial_global)
 
+    def _parse_models(self, records, parser: ModelParser, parse_label: str, records_label: str, dead: list,
+                      rename=None):
+        """Raw model records -> (``(id, encoded model)`` at MIN_TIMESTAMP, the valid ones as model
+        records for the snapshot); their dead letters join ``dead``."""
+        models = records | parse_label >> beam.ParDo(ParseModelsFn(parser, rename)).with_output_types(
+            Tuple[str, bytes]).with_outputs(DEAD_LETTERS, main="models")
+        dead.append(models[DEAD_LETTERS])
+        trainer = self.config.trainer
+        as_records = models.models | records_label >> beam.Map(
+            lambda kv: initial_model_record(decode_model(kv[1][1:]), trainer))
+        return models.models, as_records
+
     def _correct(self, examples, dead: list):
-        """The global correction stage: (corrected examples keyed by entity, the global model's
-        updates, its initial model as records or None); parse failures join ``dead``."""
-        keyed = [examples | "AllExamplesToGlobalKey" >> beam.Map(lambda kv: (GLOBAL_MODEL_ID, kv[1])).with_output_types(
-            Tuple[str, bytes])]
+        """The global correction stage, on ``examples`` keyed by ``GLOBAL_MODEL_ID``: (corrected
+        examples keyed by entity, the global model's updates, its initial model as records or
+        None); parse failures join ``dead``."""
+        keyed = [examples]
         initial_records = None
         if self.initial_global_model is not None:
-            parser = ModelParser(self.config.global_penalty, self.model_parser.max_coefficients)
-            models = self.initial_global_model | "ParseInitialGlobalModel" >> beam.ParDo(
-                ParseModelsFn(parser)).with_output_types(Tuple[str, bytes]).with_outputs(
-                DEAD_LETTERS, main="models")
-            dead.append(models[DEAD_LETTERS])
-            keyed.append(models.models | "GlobalModelToGlobalKey" >> beam.Map(
-                lambda kv: (GLOBAL_MODEL_ID, kv[1])).with_output_types(Tuple[str, bytes]))
-            trainer = self.config.trainer
-            initial_records = models.models | "InitialGlobalModelRecords" >> beam.Map(
-                lambda kv: initial_model_record(as_global_model(decode_model(kv[1][1:])), trainer))
+            # Whatever its record's id, the initial model is the global model (``as_global_model``).
+            models, initial_records = self._parse_models(
+                self.initial_global_model, ModelParser(self.config.global_penalty, self.model_parser.max_coefficients),
+                "ParseInitialGlobalModel", "InitialGlobalModelRecords", dead, rename=as_global_model)
+            keyed.append(models)
         corrected = (
             keyed
             | "FlattenExamplesAndGlobalModel" >> beam.Flatten()

@@ -255,10 +255,11 @@ def training_offsets(examples: Sequence[Example]) -> List[float]:
     return [e.offset + e.correction if e.correction else e.offset for e in examples]
 
 
-def score_examples(model: Optional[RandomEffectModel], examples: Sequence[Example]) -> np.ndarray:
-    """Each example's score (margin) under ``model``, which does not learn from them; the offset
-    (plus the global correction) alone without a model."""
-    offsets = training_offsets(examples)
+def score_examples(model: Optional[RandomEffectModel], examples: Sequence[Example],
+                   offsets: Optional[Sequence[float]] = None) -> np.ndarray:
+    """Each example's score (margin) under ``model``, which does not learn from them, on top of
+    ``offsets`` (default: ``training_offsets``); the offsets alone without a model."""
+    offsets = training_offsets(examples) if offsets is None else offsets
     if model is None:
         return np.array(offsets, dtype=float)
     _, rows = _columns(model, examples)
@@ -410,10 +411,7 @@ def as_global_model(model: RandomEffectModel) -> RandomEffectModel:
 def correction_scores(model: Optional[RandomEffectModel], examples: Sequence[Example]) -> List[float]:
     """Each example's score under the global correction model, without its offset (0 before the
     global model has learned anything)."""
-    if model is None:
-        return [0.0] * len(examples)
-    _, rows = _columns(model, examples)
-    return margins(rows, model.means, [0.0] * len(examples)).tolist()
+    return score_examples(model, examples, [0.0] * len(examples)).tolist()
 
 
 class GlobalFlush(NamedTuple):
