@@ -22,8 +22,10 @@ from transforms.state import (
     decode_buffer_entry,
     decode_entity_state,
     decode_example,
+    decode_example_group,
     decode_model,
     encode_example,
+    encode_example_group,
     encode_model,
     example_timestamp,
 )
@@ -200,6 +202,21 @@ def test_example_version_3_is_version_2_then_the_global_correction():
     assert decode_example(golden_v3) == corrected
     assert example_timestamp(golden_v3) == T0 + 123
     assert encode_example(corrected._replace(correction=0.0)) == GOLDEN_EXAMPLE_V2  # no correction: version 2
+
+
+def test_example_groups_carry_their_examples_byte_for_byte():
+    members = [encode_example(EXAMPLE._replace(source=SOURCE, correction=c)) for c in (0.0, -0.375, 2.5)]
+    members.append(b"\x02" + b"x" * 300)  # a member over 127 bytes: a two-byte length
+    group = encode_example_group(members)
+    assert group[:2] == b"\x01\x04"  # version 1, four members
+    assert decode_example_group(group) == members
+    assert decode_example_group(encode_example_group([])) == []
+    with pytest.raises(StateDecodeError, match=r"ExampleGroup state has encoding version 2"):
+        decode_example_group(b"\x02" + group[1:])
+    with pytest.raises(StateDecodeError, match="truncated"):
+        decode_example_group(group[:-1])
+    with pytest.raises(StateDecodeError, match="trailing"):
+        decode_example_group(group + b"\x00")
 
 
 @pytest.mark.parametrize("version", [0, 5, 9, 255])

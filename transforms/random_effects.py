@@ -26,6 +26,7 @@ from .io import watch_stopped
 from .models import ModelParser, model_record, newer
 from .state import (
     EXAMPLE_TAG,
+    GROUP_TAG,
     MODEL_TAG,
     EntityState,
     EntityStateCoder,
@@ -33,8 +34,10 @@ from .state import (
     buffer_batch_end,
     buffer_entry,
     decode_buffer_entry,
+    decode_example_group,
     decode_model,
     encode_example,
+    encode_example_group,
     encode_model,
     example_timestamp,
 )
@@ -117,16 +120,22 @@ class ParseModelsFn(beam.DoFn):
         yield TimestampedValue((parsed.entity_id, MODEL_TAG + encode_model(parsed)), MIN_TIMESTAMP)
 
 
-def buffer_example(config: UpdateConfig, encoded: bytes, buffer, marks_state, flush) -> bool:
-    """Buffer an encoded example for the interval it joins (``UpdateConfig.minibatch_of``) and move
-    the flush timer earlier if that interval ends before it; return whether the example is late.
-    The buffering half of both interval stages (the entities' and the global correction's)."""
+def buffer_examples(config: UpdateConfig, encoded_examples, buffer, marks_state, flush) -> int:
+    """Buffer encoded examples, each for the interval it joins (``UpdateConfig.minibatch_of``), and
+    move the flush timer earlier if one of those intervals ends before it; return how many are late.
+    The buffering half of both interval stages (the entities' and the global correction's): the
+    flush marks are read once and written at most once, whatever the number of examples."""
     flushed_until, pending = marks_state.read() or NO_MARKS
-    batch_end, late = config.minibatch_of(example_timestamp(encoded), flushed_until)
-    buffer.add(buffer_entry(batch_end, encoded))
-    if pending == 0 or batch_end < pending:
-        flush.set(Timestamp(micros=batch_end * 1000))
-        marks_state.write((flushed_until, batch_end))
+    earliest, late = pending, 0
+    for encoded in encoded_examples:
+        batch_end, is_late = config.minibatch_of(example_timestamp(encoded), flushed_until)
+        buffer.add(buffer_entry(batch_end, encoded))
+        late += is_late
+        if earliest == 0 or batch_end < earliest:
+            earliest = batch_end
+    if earliest != pending:
+        flush.set(Timestamp(micros=earliest * 1000))
+        marks_state.write((flushed_until, earliest))
     return late
 
 
@@ -247,12 +256,16 @@ class UpdateRandomEffectsFn(_IntervalStageFn):
     def process(self, element, buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
                 marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
         entity, payload = element
-        if payload[:1] == MODEL_TAG:
+        tag = payload[:1]
+        if tag == MODEL_TAG:
             merge_initial_model(model_state, payload)
             self.initial.inc()
             return
-        if buffer_example(self.config, payload[1:], buffer, marks_state, flush):
-            self.late.inc()
+        # One example (from parsing), or an entity's examples from the global correction stage.
+        examples = decode_example_group(payload[1:]) if tag == GROUP_TAG else (payload[1:],)
+        late = buffer_examples(self.config, examples, buffer, marks_state, flush)
+        if late:
+            self.late.inc(late)
 
     @on_timer(FLUSH)
     def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
@@ -299,11 +312,12 @@ class GlobalCorrectionFn(_IntervalStageFn):
 
     Input is keyed by one constant (``GLOBAL_MODEL_ID``): every example, and the global model to
     start from at MIN_TIMESTAMP. State and timer are the entity stage's (a bag of buffered
-    examples, the model, the flush marks; ``buffer_example``, ``take_due``, ``rearm``), so late
+    examples, the model, the flush marks; ``buffer_examples``, ``take_due``, ``rearm``), so late
     examples join the next interval here too. When the watermark passes an interval's end, its
     examples are scored with the global model as it stands (trained on the intervals before) and
-    passed on, re-keyed by entity, each with that score as its ``correction``; then the global
-    model trains on them (``update.correct_due``). The output is stamped with the firing's time,
+    passed on, each with that score as its ``correction``, as one element per entity (an example
+    group, ``state.encode_example_group``: a shuffle record per entity, not per example); then the
+    global model trains on them (``update.correct_due``). The output is stamped with the firing's time,
     which the timer's hold keeps the entity stage's watermark from passing until it is emitted.
     The global model's update records go to ``GLOBAL_UPDATES``.
 
@@ -328,7 +342,7 @@ class GlobalCorrectionFn(_IntervalStageFn):
             merge_initial_model(model_state, payload)
             self.initial.inc()
             return
-        if buffer_example(self.config, payload[1:], buffer, marks_state, flush):
+        if buffer_examples(self.config, (payload[1:],), buffer, marks_state, flush):
             self.late.inc()
 
     @on_timer(FLUSH)
@@ -343,8 +357,11 @@ class GlobalCorrectionFn(_IntervalStageFn):
                               dict(state.recent_uids) if state is not None else {},
                               {end: [decode_buffer_entry(e)[1] for e in entries] for end, entries in due.items()},
                               self.config)
+        by_entity = defaultdict(list)
         for ex in flushed.examples:
-            yield TimestampedValue((ex.entity_id, EXAMPLE_TAG + encode_example(ex)), fired)
+            by_entity[ex.entity_id].append(encode_example(ex))
+        for entity, encoded in by_entity.items():
+            yield TimestampedValue((entity, GROUP_TAG + encode_example_group(encoded)), fired)
         for update in flushed.updates:
             yield beam.pvalue.TaggedOutput(GLOBAL_UPDATES, update)
         for micros in flushed.train_micros:

@@ -30,11 +30,16 @@ Example versions (buffered examples):
   the input itself and can be fixed and fed back. Version-1 entries still decode (no record).
 * 3: version 2, then the example's global correction (float64; ``--global-correction``). Written
   only for an example that passed the global correction stage; versions 1 and 2 decode with 0.
+
+Example groups (``(entity, b"G" + bytes)`` between steps, never in state): the examples of one
+entity that the global correction stage passes on at one firing, as one element instead of one per
+example (a shuffle record, a stateful call and a state read fewer per example). Version 1: the
+count, then each encoded example as its length (varint) and bytes.
 """
 
 import struct
 from itertools import accumulate, groupby
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from apache_beam import coders
@@ -47,7 +52,8 @@ READABLE_MODEL_STATE_VERSIONS = (1, 2, 3, 4)
 EXAMPLE_VERSION = 2
 CORRECTED_EXAMPLE_VERSION = 3
 READABLE_EXAMPLE_VERSIONS = (1, 2, 3)
-EXAMPLE_TAG, MODEL_TAG = b"E", b"M"
+EXAMPLE_GROUP_VERSION = 1
+EXAMPLE_TAG, MODEL_TAG, GROUP_TAG = b"E", b"M", b"G"
 
 _I64 = struct.Struct("<q")
 _U32 = struct.Struct("<I")
@@ -356,6 +362,25 @@ def decode_example(data: bytes) -> Example:
     correction = _F64.unpack(r.take(8))[0] if version >= 3 else 0.0
     r.done()
     return Example(entity, timestamp, uid, label, weight, offset, tuple(features), source, correction)
+
+
+def encode_example_group(encoded_examples: Sequence[bytes]) -> bytes:
+    """Encoded examples (of one entity) as one element: see "Example groups" above."""
+    w = _Writer(EXAMPLE_GROUP_VERSION)
+    w.varint(len(encoded_examples))
+    for encoded in encoded_examples:
+        w.varint(len(encoded))
+        w.parts.append(encoded)
+    return w.getvalue()
+
+
+def decode_example_group(data: bytes) -> List[bytes]:
+    """The encoded examples of ``encode_example_group``'s bytes."""
+    _check_version(data, (EXAMPLE_GROUP_VERSION,), "ExampleGroup")
+    r = _Reader(data)
+    members = [bytes(r.take(r.varint())) for _ in range(r.varint())]
+    r.done()
+    return members
 
 
 def buffer_entry(batch_end_ms: int, encoded_example: bytes) -> bytes:
