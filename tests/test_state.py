@@ -17,9 +17,7 @@ from transforms.state import (
     READABLE_MODEL_STATE_VERSIONS,
     EntityState,
     EntityStateCoder,
-    RecentStates,
     StateDecodeError,
-    as_decoded,
     buffer_entry,
     decode_buffer_entry,
     decode_entity_state,
@@ -204,36 +202,6 @@ def test_example_version_3_is_version_2_then_the_global_correction():
     assert decode_example(golden_v3) == corrected
     assert example_timestamp(golden_v3) == T0 + 123
     assert encode_example(corrected._replace(correction=0.0)) == GOLDEN_EXAMPLE_V2  # no correction: version 2
-
-
-@pytest.mark.parametrize("model", [MODEL_1, MODEL_2, MODEL_3, MODEL_4])
-def test_a_recent_state_is_exactly_what_its_bytes_decode_to(model):
-    unsorted = (("imp-9", T0 + 60_000), ("imp-1", T0), ("imp-3", T0 + 60_000))
-    state = EntityState(model._replace(version=np.int64(model.version)), unsorted)
-    data = encode_model(state.model, state.recent_uids)
-    kept, decoded = as_decoded(state), decode_entity_state(data)
-    assert kept.recent_uids == decoded.recent_uids == (("imp-1", T0), ("imp-3", T0 + 60_000), ("imp-9", T0 + 60_000))
-    assert_same_model(kept.model, decoded.model)
-    assert [type(x) for x in kept.model] == [type(x) for x in decoded.model]
-    assert encode_model(kept.model, kept.recent_uids) == data
-    with pytest.raises(ValueError, match="read-only"):
-        kept.model.means[0] = 1.0  # a kept state cannot be changed in place
-    coder = EntityStateCoder()
-    assert coder.encode(state) == data
-    assert_same_model(coder.decode(data).model, decoded.model)
-    assert_same_model(coder.decode(bytes(data)).model, decoded.model)  # equal bytes, another object
-
-
-def test_recent_states_stay_within_their_budget():
-    recent = RecentStates(budget_bytes=200)
-    states = {bytes([i]) * 40: EntityState(MODEL_3._replace(version=i)) for i in range(10)}
-    for data, state in states.items():
-        recent.remember(data, state)
-    assert recent.size <= 100 and len(recent.current) + len(recent.previous) <= 5
-    last = list(states)[-1]
-    assert recent.recall(last) is states[last] and recent.recall(list(states)[0]) is None
-    recent.remember(b"x" * 101, EntityState(MODEL_3))  # larger than a generation: not kept
-    assert recent.recall(b"x" * 101) is None
 
 
 def test_example_groups_carry_their_examples_byte_for_byte():

@@ -38,7 +38,6 @@ count, then each encoded example as its length (varint) and bytes.
 """
 
 import struct
-from operator import itemgetter
 from itertools import accumulate, groupby
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -399,81 +398,14 @@ def decode_buffer_entry(entry: bytes) -> Tuple[int, Example]:
     return buffer_batch_end(entry), decode_example(entry[8:])
 
 
-def _read_only(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    if a is not None:
-        if a.dtype != np.float64:
-            a = a.astype(np.float64)
-        a.flags.writeable = False
-    return a
-
-
-_BY_END_THEN_UID = itemgetter(1, 0)
-
-
-def as_decoded(state: EntityState) -> EntityState:
-    """``state`` as ``decode_entity_state(encode_model(state))`` returns it: uids in their encoded
-    order, numbers as Python ints and float64 arrays (made read-only: ``RecentStates``)."""
-    m = state.model
-    matrix = m.precision_matrix
-    if matrix is not None:
-        matrix = _read_only(matrix).reshape(len(m.means), -1)
-        precisions = _read_only(np.diagonal(matrix).copy())
-    else:
-        precisions = _read_only(m.precisions)
-    reference = m.reference
-    if reference is not None:
-        reference = (_read_only(reference[0]), _read_only(reference[1]))
-    names = m.feature_names
-    if type(names) is not tuple or (names and type(names[0]) is not tuple):
-        names = tuple(tuple(nt) for nt in names)
-    model = RandomEffectModel(m.entity_id, names, _read_only(m.means), precisions, int(m.version),
-                              int(m.window_end_ms), matrix, reference)
-    return EntityState(model, tuple(sorted(state.recent_uids, key=_BY_END_THEN_UID)))
-
-
-class RecentStates:
-    """The entity states this process encoded lately, by their bytes, within ``budget_bytes`` (two
-    generations of half of it each). A flush reads the bytes written at the entity's previous flush,
-    so ``EntityStateCoder`` decodes them by a lookup: measured in streaming, decoding was ~4% of
-    the job. A hit is exact, whatever the runner: equal bytes decode to equal states, and the
-    state kept is ``as_decoded``. Its arrays are read-only, so that nothing can change a kept state
-    in place. Safe across threads: a race at worst loses an entry."""
-
-    def __init__(self, budget_bytes: int):
-        self.half = budget_bytes // 2
-        self.current: dict = {}
-        self.previous: dict = {}
-        self.size = 0
-
-    def remember(self, data: bytes, state: EntityState) -> None:
-        if len(data) > self.half:
-            return
-        if self.size + len(data) > self.half:
-            self.previous, self.current, self.size = self.current, {}, 0
-        self.current[data] = state
-        self.size += len(data)
-
-    def recall(self, data: bytes) -> Optional[EntityState]:
-        state = self.current.get(data)
-        return self.previous.get(data) if state is None else state
-
-
-#: Per process: 32 MB of encoded states (about 50,000 of the benchmark's entities).
-RECENT_STATES = RecentStates(32 * 1024 * 1024)
-
-
 class EntityStateCoder(coders.Coder):
-    """Beam coder of ``EntityState`` (see ``encode_model``); decodes what this process encoded
-    lately by a lookup (``RECENT_STATES``)."""
+    """Beam coder of ``EntityState`` (see ``encode_model``)."""
 
     def encode(self, value: EntityState) -> bytes:
-        data = encode_model(value.model, value.recent_uids)
-        RECENT_STATES.remember(data, as_decoded(value))
-        return data
+        return encode_model(value.model, value.recent_uids)
 
     def decode(self, encoded: bytes) -> EntityState:
-        state = RECENT_STATES.recall(encoded)
-        return decode_entity_state(encoded) if state is None else state
+        return decode_entity_state(encoded)
 
     def is_deterministic(self) -> bool:
         return True
