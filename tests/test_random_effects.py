@@ -23,11 +23,15 @@ from lambda_core import INTERCEPT
 from pipeline.simulation import ClickStream, StreamConfig
 from transforms.examples import DeadLetter, Example, ExampleParser
 from transforms.models import ModelParser, RandomEffectModel
-from transforms.random_effects import NAMESPACE, UpdateRandomEffects, UpdateRandomEffectsFn
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms.random_effects import NAMESPACE, UpdateRandomEffects, UpdateRandomEffectsFn, take_due
 from transforms.state import (
     MODEL_STATE_VERSION,
     EntityState,
     EntityStateCoder,
+    buffer_entry,
+    is_packed,
     decode_example,
     decode_model,
     encode_example,
@@ -504,6 +508,43 @@ def test_early_examples_wait_for_their_interval_and_each_firing_trains_only_due_
     matches_replay(expected)(outputs["updates"])
     assert counter(result, "late_examples") == 0
     assert counter(result, "updates") == 4
+
+
+class ListBag:
+    """A bag state cell as a list, for the buffer helpers."""
+
+    def __init__(self, entries):
+        self.entries = list(entries)
+
+    def read(self):
+        return list(self.entries)
+
+    def clear(self):
+        self.entries = []
+
+    def add(self, entry):
+        self.entries.append(entry)
+
+
+def test_a_firing_packs_what_it_keeps_one_entry_per_interval_and_later_firings_take_it_back_whole():
+    m = 60_000
+    examples = {end: [Example("u", end - 1_000 - i, f"{end}-{i}", 1.0, 1.0, 0.1 * i, (("f", str(i), 1.0),))
+                      for i in range(3 if end != T0 + 3 * m else 1)] for end in (T0 + m, T0 + 2 * m, T0 + 3 * m)}
+    bag = ListBag(buffer_entry(end, encode_example(ex)) for end, exs in examples.items() for ex in exs)
+    due, keep = take_due(bag, Timestamp(micros=(T0 + m) * 1000), flush_all=False)
+    assert due == {T0 + m: examples[T0 + m]}
+    # interval 2's three examples went back as one packed entry, interval 3's single one as it was
+    assert len(bag.entries) == 2 and sorted(is_packed(e) for e in bag.entries) == [False, True]
+    assert keep == bag.entries
+    packed = [e for e in bag.entries if is_packed(e)][0]
+    bag.add(buffer_entry(T0 + 2 * m, encode_example(examples[T0 + m][0]._replace(uid="late"))))
+    due, keep = take_due(bag, Timestamp(micros=(T0 + m + 1) * 1000), flush_all=False)  # nothing due
+    assert due == {} and packed in bag.entries  # a packed entry goes back as it is
+    due, keep = take_due(bag, Timestamp(micros=(T0 + 2 * m) * 1000), flush_all=False)
+    assert sorted(ex.uid for ex in due[T0 + 2 * m]) == sorted([ex.uid for ex in examples[T0 + 2 * m]] + ["late"])
+    assert list(due) == [T0 + 2 * m] and len(keep) == 1 and not is_packed(keep[0])
+    due, keep = take_due(bag, Timestamp(micros=0), flush_all=True)
+    assert due == {T0 + 3 * m: examples[T0 + 3 * m]} and keep == [] and bag.entries == []
 
 
 def test_parse_steps_set_event_time_from_the_record_and_initial_models_at_min_timestamp():

@@ -19,6 +19,7 @@ from transforms.state import (
     EntityStateCoder,
     StateDecodeError,
     buffer_entry,
+    buffered_examples,
     decode_buffer_entry,
     decode_entity_state,
     decode_example,
@@ -28,6 +29,8 @@ from transforms.state import (
     encode_example_group,
     encode_model,
     example_timestamp,
+    is_packed,
+    packed_entry,
 )
 
 T0 = 1_764_028_800_000
@@ -202,6 +205,15 @@ def test_example_version_3_is_version_2_then_the_global_correction():
     assert decode_example(golden_v3) == corrected
     assert example_timestamp(golden_v3) == T0 + 123
     assert encode_example(corrected._replace(correction=0.0)) == GOLDEN_EXAMPLE_V2  # no correction: version 2
+
+
+def test_a_packed_buffer_entry_is_the_interval_end_0xf0_then_an_example_group():
+    members = [EXAMPLE._replace(uid=f"u{i}", source=SOURCE) for i in range(3)]
+    entry = packed_entry(T0 + 60_000, [encode_example(ex) for ex in members])
+    assert entry == GOLDEN_BUFFER_ENTRY[:8] + b"\xf0" + encode_example_group([encode_example(ex) for ex in members])
+    assert is_packed(entry) and not is_packed(GOLDEN_BUFFER_ENTRY)
+    assert buffered_examples(entry) == members
+    assert buffered_examples(GOLDEN_BUFFER_ENTRY) == [EXAMPLE]
 
 
 def test_example_groups_carry_their_examples_byte_for_byte():

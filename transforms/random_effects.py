@@ -33,13 +33,15 @@ from .state import (
     FlushMarksCoder,
     buffer_batch_end,
     buffer_entry,
-    decode_buffer_entry,
+    buffered_examples,
     decode_example_group,
     decode_model,
     encode_example,
     encode_example_group,
     encode_model,
     example_timestamp,
+    is_packed,
+    packed_entry,
 )
 from .update import GLOBAL_MODEL_ID, UpdateConfig, as_global_model, correct_due, train_due
 from .worker import tune_garbage_collection
@@ -159,16 +161,23 @@ def wait_for_clock(fired: Timestamp, flush) -> bool:
 
 
 def take_due(buffer, fired: Timestamp, flush_all: bool) -> Tuple[Dict[int, list], list]:
-    """Split the buffer at a firing: ``({interval end: entries}, entries kept)``; the due intervals
-    (ending at or before the firing, or all of them with ``flush_all``) leave the buffer."""
+    """Split the buffer at a firing: ``({interval end: examples}, entries kept)``; the due intervals
+    (ending at or before the firing, or all of them with ``flush_all``) leave the buffer, decoded.
+    What is kept for a later interval goes back packed, one entry per interval
+    (``state.packed_entry``; packed entries go back as they are), so that an interval waiting
+    through many firings is not read and written back example by example at each of them."""
     now_ms = fired.micros // 1000
-    due, keep = defaultdict(list), []
+    due, keep, loose = defaultdict(list), [], defaultdict(list)
     for entry in buffer.read():
         end = buffer_batch_end(entry)
         if flush_all or end <= now_ms:
-            due[end].append(entry)
-        else:
+            due[end].extend(buffered_examples(entry))
+        elif is_packed(entry):
             keep.append(entry)
+        else:
+            loose[end].append(entry)
+    for end, entries in loose.items():
+        keep.append(entries[0] if len(entries) == 1 else packed_entry(end, [e[8:] for e in entries]))
     buffer.clear()
     for entry in keep:
         buffer.add(entry)
@@ -278,9 +287,7 @@ class UpdateRandomEffectsFn(_IntervalStageFn):
         model = state.model if state is not None else None
         if model is None and due:
             self.cold.inc()
-        flushed = train_due(model, dict(state.recent_uids) if state is not None else {}, key,
-                            {end: [decode_buffer_entry(e)[1] for e in entries] for end, entries in due.items()},
-                            self.config)
+        flushed = train_due(model, dict(state.recent_uids) if state is not None else {}, key, due, self.config)
         for dead in flushed.dead_letters:
             count_dead_letter(dead)
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead.to_dict())
@@ -354,9 +361,7 @@ class GlobalCorrectionFn(_IntervalStageFn):
         due, keep = take_due(buffer, fired, self.flush_all_due)
         state = model_state.read()
         flushed = correct_due(state.model if state is not None else None,
-                              dict(state.recent_uids) if state is not None else {},
-                              {end: [decode_buffer_entry(e)[1] for e in entries] for end, entries in due.items()},
-                              self.config)
+                              dict(state.recent_uids) if state is not None else {}, due, self.config)
         by_entity = defaultdict(list)
         for ex in flushed.examples:
             by_entity[ex.entity_id].append(encode_example(ex))

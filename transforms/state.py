@@ -31,10 +31,16 @@ Example versions (buffered examples):
 * 3: version 2, then the example's global correction (float64; ``--global-correction``). Written
   only for an example that passed the global correction stage; versions 1 and 2 decode with 0.
 
-Example groups (``(entity, b"G" + bytes)`` between steps, never in state): the examples of one
-entity that the global correction stage passes on at one firing, as one element instead of one per
-example (a shuffle record, a stateful call and a state read fewer per example). Version 1: the
-count, then each encoded example as its length (varint) and bytes.
+Example groups: several encoded examples as one value. Version 1: the count, then each encoded
+example as its length (varint) and bytes. Between steps (``(entity, b"G" + group)``) they carry the
+examples of one entity that the global correction stage passes on at one firing, as one element
+instead of one per example (a shuffle record, a stateful call and a state read fewer per example).
+
+Buffer entries (the interval stages' bag state): the end of the mini-batch (int64), then either an
+encoded example (its version byte, 1 to 3, first) or the byte 0xF0 and an example group of that
+mini-batch (a packed entry). A firing packs the examples it keeps for a later mini-batch, so a
+mini-batch that waits through many firings (a backlog read in streaming) is read back as one entry
+per firing, not one per example.
 """
 
 import struct
@@ -386,6 +392,26 @@ def decode_example_group(data: bytes) -> List[bytes]:
 def buffer_entry(batch_end_ms: int, encoded_example: bytes) -> bytes:
     """A buffered example: the end of the mini-batch it belongs to, then the encoded example."""
     return _I64.pack(batch_end_ms) + encoded_example
+
+
+_PACKED = 0xF0  # after a buffer entry's mini-batch end: the entry packs several examples
+
+
+def packed_entry(batch_end_ms: int, encoded_examples: Sequence[bytes]) -> bytes:
+    """Buffered examples of one mini-batch as one entry: its end, 0xF0, then their example group."""
+    return _I64.pack(batch_end_ms) + b"\xf0" + encode_example_group(encoded_examples)
+
+
+def is_packed(entry: bytes) -> bool:
+    """Whether a buffer entry is a ``packed_entry``."""
+    return entry[8] == _PACKED
+
+
+def buffered_examples(entry: bytes) -> List[Example]:
+    """The examples of a buffer entry: its one example, or a packed entry's."""
+    if entry[8] == _PACKED:
+        return [decode_example(e) for e in decode_example_group(entry[9:])]
+    return [decode_example(entry[8:])]
 
 
 def buffer_batch_end(entry: bytes) -> int:
