@@ -18,24 +18,31 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import BeamAssertException, assert_that
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from lambda_core import INTERCEPT
 from pipeline.simulation import ClickStream, StreamConfig
 from transforms.examples import DeadLetter, Example, ExampleParser
 from transforms.models import ModelParser, RandomEffectModel
-from apache_beam.utils.timestamp import Timestamp
-
-from transforms.random_effects import NAMESPACE, UpdateRandomEffects, UpdateRandomEffectsFn, take_due
+from transforms.random_effects import (
+    NAMESPACE,
+    UpdateRandomEffects,
+    UpdateRandomEffectsFn,
+    buffer_examples,
+    take_due,
+)
 from transforms.state import (
     MODEL_STATE_VERSION,
     EntityState,
     EntityStateCoder,
+    buffer_batch_end,
     buffer_entry,
-    is_packed,
+    buffered_examples,
     decode_example,
     decode_model,
     encode_example,
     encode_model,
+    is_packed,
 )
 from transforms.update import UpdateConfig, forget_uids, split_duplicates, train_minibatch
 from transforms.validation import ProgressiveValidation, ProgressiveValidationFn
@@ -526,7 +533,7 @@ class ListBag:
         self.entries.append(entry)
 
 
-def test_a_firing_packs_what_it_keeps_one_entry_per_interval_and_later_firings_take_it_back_whole():
+def test_a_firing_packs_what_it_keeps_for_each_interval_and_later_firings_take_it_back_whole():
     m = 60_000
     examples = {end: [Example("u", end - 1_000 - i, f"{end}-{i}", 1.0, 1.0, 0.1 * i, (("f", str(i), 1.0),))
                       for i in range(3 if end != T0 + 3 * m else 1)] for end in (T0 + m, T0 + 2 * m, T0 + 3 * m)}
@@ -534,21 +541,71 @@ def test_a_firing_packs_what_it_keeps_one_entry_per_interval_and_later_firings_t
     due, keep = take_due(bag, Timestamp(micros=(T0 + m) * 1000), flush_all=False)
     assert due == {T0 + m: examples[T0 + m]}
     # interval 2's three examples went back as one packed entry, interval 3's single one as it was
-    assert len(bag.entries) == 2 and sorted(is_packed(e) for e in bag.entries) == [False, True]
-    assert keep == bag.entries
-    packed = [e for e in bag.entries if is_packed(e)][0]
-    bag.add(buffer_entry(T0 + 2 * m, encode_example(examples[T0 + m][0]._replace(uid="late"))))
-    due, keep = take_due(bag, Timestamp(micros=(T0 + m + 1) * 1000), flush_all=False)  # nothing due
-    assert due == {} and packed in bag.entries  # a packed entry goes back as it is
+    kept = sorted((buffer_batch_end(e), is_packed(e), len(buffered_examples(e))) for e in bag.entries)
+    assert kept == [(T0 + 2 * m, True, 3), (T0 + 3 * m, False, 1)] and len(keep) == 2
+    first_pack = next(e for e in bag.entries if is_packed(e))
+    # two more examples of interval 2 arrive; a firing with nothing due packs them into a second entry
+    late = [examples[T0 + m][0]._replace(uid=f"late-{i}", timestamp_ms=T0 + m + i) for i in range(2)]
+    for ex in late:
+        bag.add(buffer_entry(T0 + 2 * m, encode_example(ex)))
+    due, keep = take_due(bag, Timestamp(micros=(T0 + m + 1) * 1000), flush_all=False)
+    assert due == {} and first_pack in bag.entries  # a packed entry goes back as it is
+    kept = sorted((buffer_batch_end(e), is_packed(e), len(buffered_examples(e))) for e in bag.entries)
+    assert kept == [(T0 + 2 * m, True, 2), (T0 + 2 * m, True, 3), (T0 + 3 * m, False, 1)]
     due, keep = take_due(bag, Timestamp(micros=(T0 + 2 * m) * 1000), flush_all=False)
-    assert sorted(ex.uid for ex in due[T0 + 2 * m]) == sorted([ex.uid for ex in examples[T0 + 2 * m]] + ["late"])
-    assert list(due) == [T0 + 2 * m] and len(keep) == 1 and not is_packed(keep[0])
+    assert sorted(ex.uid for ex in due[T0 + 2 * m]) == sorted(ex.uid for ex in examples[T0 + 2 * m] + late)
+    assert list(due) == [T0 + 2 * m] and [len(buffered_examples(e)) for e in bag.entries] == [1]
     due, keep = take_due(bag, Timestamp(micros=0), flush_all=True)
     assert due == {T0 + 3 * m: examples[T0 + 3 * m]} and keep == [] and bag.entries == []
 
 
+class Cell:
+    """A read-modify-write state cell, counting its writes."""
+
+    def __init__(self, value=None):
+        self.value, self.writes = value, 0
+
+    def read(self):
+        return self.value
+
+    def write(self, value):
+        self.value, self.writes = value, self.writes + 1
+
+
+class Timer:
+    """An event-time timer, remembering what it was set to."""
+
+    def __init__(self):
+        self.times = []
+
+    def set(self, ts):
+        self.times.append(ts.micros // 1000)
+
+
+def test_buffer_examples_reads_the_marks_once_and_moves_the_timer_once_to_the_earliest_interval():
+    cfg, m = config(minibatch_seconds=60), 60_000
+
+    def encoded(ts):
+        return encode_example(Example("u", ts, f"x{ts}", 1.0, 1.0, 0.0, ()))
+
+    # flushed up to T0 + m, timer set for T0 + 3m: one example is late (joins T0 + 2m), one is due
+    # at T0 + 2m, one at T0 + 4m; the timer moves once, to T0 + 2m
+    bag, marks, timer = ListBag([]), Cell((T0 + m, T0 + 3 * m)), Timer()
+    late = buffer_examples(cfg, [encoded(T0 + 4 * m + 5), encoded(T0 + 10), encoded(T0 + m + 7)], bag, marks, timer)
+    assert late == 1 and timer.times == [T0 + 2 * m] and marks.value == (T0 + m, T0 + 2 * m) and marks.writes == 1
+    assert sorted(buffer_batch_end(e) for e in bag.entries) == [T0 + 2 * m, T0 + 2 * m, T0 + 5 * m]
+    # nothing earlier than the timer: neither the timer nor the marks are touched
+    assert buffer_examples(cfg, [encoded(T0 + 3 * m + 1)], bag, marks, timer) == 0
+    assert timer.times == [T0 + 2 * m] and marks.writes == 1 and len(bag.entries) == 4
+    assert buffer_examples(cfg, [], bag, marks, timer) == 0 and marks.writes == 1
+    # an entity's first examples: no marks yet, the timer set for the earliest of them
+    bag, marks, timer = ListBag([]), Cell(), Timer()
+    assert buffer_examples(cfg, [encoded(T0 + 2 * m), encoded(T0 + 1)], bag, marks, timer) == 0
+    assert timer.times == [T0 + m] and marks.value == (0, T0 + m)
+
+
 def test_parse_steps_set_event_time_from_the_record_and_initial_models_at_min_timestamp():
-    from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP
     from transforms.random_effects import ParseExamplesFn, ParseModelsFn
 
     records = [rec("a", T0 + 1_234, "x", 1.0), rec("b", T0 + 61_000, "y", 0.0)]

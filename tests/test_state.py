@@ -210,10 +210,13 @@ def test_example_version_3_is_version_2_then_the_global_correction():
 def test_a_packed_buffer_entry_is_the_interval_end_0xf0_then_an_example_group():
     members = [EXAMPLE._replace(uid=f"u{i}", source=SOURCE) for i in range(3)]
     entry = packed_entry(T0 + 60_000, [encode_example(ex) for ex in members])
-    assert entry == GOLDEN_BUFFER_ENTRY[:8] + b"\xf0" + encode_example_group([encode_example(ex) for ex in members])
+    group = encode_example_group([encode_example(ex) for ex in members])
+    assert entry == GOLDEN_BUFFER_ENTRY[:8] + b"\xf0" + group
     assert is_packed(entry) and not is_packed(GOLDEN_BUFFER_ENTRY)
     assert buffered_examples(entry) == members
     assert buffered_examples(GOLDEN_BUFFER_ENTRY) == [EXAMPLE]
+    with pytest.raises(StateDecodeError, match="packed buffer entry"):
+        decode_buffer_entry(entry)
 
 
 def test_example_groups_carry_their_examples_byte_for_byte():
@@ -221,6 +224,7 @@ def test_example_groups_carry_their_examples_byte_for_byte():
     members.append(b"\x02" + b"x" * 300)  # a member over 127 bytes: a two-byte length
     group = encode_example_group(members)
     assert group[:2] == b"\x01\x04"  # version 1, four members
+    assert encode_example_group([b"\x02ab", b"\x01" * 130]) == bytes.fromhex("0102" "03" "026162" "8201") + b"\x01" * 130
     assert decode_example_group(group) == members
     assert decode_example_group(encode_example_group([])) == []
     with pytest.raises(StateDecodeError, match=r"ExampleGroup state has encoding version 2"):

@@ -163,9 +163,9 @@ def wait_for_clock(fired: Timestamp, flush) -> bool:
 def take_due(buffer, fired: Timestamp, flush_all: bool) -> Tuple[Dict[int, list], list]:
     """Split the buffer at a firing: ``({interval end: examples}, entries kept)``; the due intervals
     (ending at or before the firing, or all of them with ``flush_all``) leave the buffer, decoded.
-    What is kept for a later interval goes back packed, one entry per interval
-    (``state.packed_entry``; packed entries go back as they are), so that an interval waiting
-    through many firings is not read and written back example by example at each of them."""
+    The single entries kept for a later interval go back as one packed entry per interval
+    (``state.packed_entry``) and packed entries from earlier firings go back as they are, so that an
+    interval waiting through many firings is not read and written back example by example at each."""
     now_ms = fired.micros // 1000
     due, keep, loose = defaultdict(list), [], defaultdict(list)
     for entry in buffer.read():
@@ -225,11 +225,13 @@ class UpdateRandomEffectsFn(_IntervalStageFn):
     State, all per entity in the global window:
 
     * ``BUFFER`` (bag of bytes): examples waiting for their interval to close, each prefixed with
-      the end of the interval it will be trained in. Stored encoded, never decoded until trained.
+      the end of the interval it will be trained in, alone or packed with others of that interval
+      (what a firing kept; ``take_due``). Stored encoded, never decoded until trained.
     * ``MODEL`` (explicit versioned coder): the entity's coefficients, Hessian, feature names,
       version, the end of its last trained interval, and the uids it trained on within the
       de-duplication horizon (each with the end of its mini-batch).
-    * ``MARKS`` (``FlushMarksCoder``), one cell because both are read for every example: the end of
+    * ``MARKS`` (``FlushMarksCoder``), one cell because both are read for every element (an example,
+      or an entity's examples from the global correction stage): the end of
       the last interval flushed (an example whose interval ended at or before it is late and joins
       the next mini-batch instead of being dropped), and when the ``FLUSH`` timer is set (0: not
       set; Beam keeps one timer time per key, so it only moves earlier).

@@ -1,7 +1,8 @@
 """Per-entity state of the Beam job and its explicit, versioned, deterministic encoding.
 
 Beam keeps state across bundles, restarts and (on Dataflow/Flink) job updates, so the bytes must
-stay decodable by later versions of this code: every encoding starts with a version byte, numbers
+stay decodable by later versions of this code: every encoding starts with a version byte (a buffer
+entry with its mini-batch end, then an example's version byte or the packed-entry marker), numbers
 are fixed-width little-endian, strings are length-prefixed UTF-8, and nothing is pickled.
 
 Examples travel between steps already encoded (``(entity, b"E" + bytes)``) so that the stateful
@@ -57,7 +58,7 @@ MODEL_STATE_VERSION = 4  # what every model is written as
 READABLE_MODEL_STATE_VERSIONS = (1, 2, 3, 4)
 EXAMPLE_VERSION = 2
 CORRECTED_EXAMPLE_VERSION = 3
-READABLE_EXAMPLE_VERSIONS = (1, 2, 3)
+READABLE_EXAMPLE_VERSIONS = (1, 2, 3)  # never 0xF0: after a buffer entry's end, that byte marks a packed entry
 EXAMPLE_GROUP_VERSION = 1
 EXAMPLE_TAG, MODEL_TAG, GROUP_TAG = b"E", b"M", b"G"
 
@@ -409,7 +410,7 @@ def is_packed(entry: bytes) -> bool:
 
 def buffered_examples(entry: bytes) -> List[Example]:
     """The examples of a buffer entry: its one example, or a packed entry's."""
-    if entry[8] == _PACKED:
+    if is_packed(entry):
         return [decode_example(e) for e in decode_example_group(entry[9:])]
     return [decode_example(entry[8:])]
 
@@ -420,7 +421,10 @@ def buffer_batch_end(entry: bytes) -> int:
 
 
 def decode_buffer_entry(entry: bytes) -> Tuple[int, Example]:
-    """(mini-batch end, example) of a buffered entry."""
+    """(mini-batch end, example) of a buffer entry of one example (``buffered_examples`` reads both
+    kinds)."""
+    if is_packed(entry):
+        raise StateDecodeError("a packed buffer entry holds several examples: read it with buffered_examples.")
     return buffer_batch_end(entry), decode_example(entry[8:])
 
 
