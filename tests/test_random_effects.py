@@ -537,7 +537,7 @@ def test_a_firing_packs_what_it_keeps_for_each_interval_and_later_firings_take_i
     m = 60_000
     examples = {end: [Example("u", end - 1_000 - i, f"{end}-{i}", 1.0, 1.0, 0.1 * i, (("f", str(i), 1.0),))
                       for i in range(3 if end != T0 + 3 * m else 1)] for end in (T0 + m, T0 + 2 * m, T0 + 3 * m)}
-    bag = ListBag(buffer_entry(end, encode_example(ex)) for end, exs in examples.items() for ex in exs)
+    bag = ListBag(buffer_entry(end, [encode_example(ex)]) for end, exs in examples.items() for ex in exs)
     due, keep = take_due(bag, Timestamp(micros=(T0 + m) * 1000), flush_all=False)
     assert due == {T0 + m: examples[T0 + m]}
     # interval 2's three examples went back as one packed entry, interval 3's single one as it was
@@ -547,7 +547,7 @@ def test_a_firing_packs_what_it_keeps_for_each_interval_and_later_firings_take_i
     # two more examples of interval 2 arrive; a firing with nothing due packs them into a second entry
     late = [examples[T0 + m][0]._replace(uid=f"late-{i}", timestamp_ms=T0 + m + i) for i in range(2)]
     for ex in late:
-        bag.add(buffer_entry(T0 + 2 * m, encode_example(ex)))
+        bag.add(buffer_entry(T0 + 2 * m, [encode_example(ex)]))
     due, keep = take_due(bag, Timestamp(micros=(T0 + m + 1) * 1000), flush_all=False)
     assert due == {} and first_pack in bag.entries  # a packed entry goes back as it is
     kept = sorted((buffer_batch_end(e), is_packed(e), len(buffered_examples(e))) for e in bag.entries)
@@ -593,10 +593,12 @@ def test_buffer_examples_reads_the_marks_once_and_moves_the_timer_once_to_the_ea
     bag, marks, timer = ListBag([]), Cell((T0 + m, T0 + 3 * m)), Timer()
     late = buffer_examples(cfg, [encoded(T0 + 4 * m + 5), encoded(T0 + 10), encoded(T0 + m + 7)], bag, marks, timer)
     assert late == 1 and timer.times == [T0 + 2 * m] and marks.value == (T0 + m, T0 + 2 * m) and marks.writes == 1
-    assert sorted(buffer_batch_end(e) for e in bag.entries) == [T0 + 2 * m, T0 + 2 * m, T0 + 5 * m]
+    # one entry per interval: the late and the on-time example of T0 + 2m packed together
+    assert sorted((buffer_batch_end(e), len(buffered_examples(e))) for e in bag.entries) == [(T0 + 2 * m, 2),
+                                                                                          (T0 + 5 * m, 1)]
     # nothing earlier than the timer: neither the timer nor the marks are touched
     assert buffer_examples(cfg, [encoded(T0 + 3 * m + 1)], bag, marks, timer) == 0
-    assert timer.times == [T0 + 2 * m] and marks.writes == 1 and len(bag.entries) == 4
+    assert timer.times == [T0 + 2 * m] and marks.writes == 1 and len(bag.entries) == 3
     assert buffer_examples(cfg, [], bag, marks, timer) == 0 and marks.writes == 1
     # an entity's first examples: no marks yet, the timer set for the earliest of them
     bag, marks, timer = ListBag([]), Cell(), Timer()

@@ -18,9 +18,9 @@ from transforms.state import (
     EntityState,
     EntityStateCoder,
     StateDecodeError,
+    buffer_batch_end,
     buffer_entry,
     buffered_examples,
-    decode_buffer_entry,
     decode_entity_state,
     decode_example,
     decode_example_group,
@@ -30,7 +30,6 @@ from transforms.state import (
     encode_model,
     example_timestamp,
     is_packed,
-    packed_entry,
 )
 
 T0 = 1_764_028_800_000
@@ -180,7 +179,7 @@ def test_version_4_names_whose_bytes_are_damaged_fail_clearly():
 def test_example_and_buffer_encodings_still_decode():
     assert decode_example(GOLDEN_EXAMPLE_V1) == EXAMPLE
     assert decode_example(GOLDEN_EXAMPLE_V1_NO_UID) == Example("u", 5, None, 0.0, 1.0, 0.0, ())
-    assert decode_buffer_entry(GOLDEN_BUFFER_ENTRY) == (T0 + 60_000, EXAMPLE)
+    assert (buffer_batch_end(GOLDEN_BUFFER_ENTRY), buffered_examples(GOLDEN_BUFFER_ENTRY)) == (T0 + 60_000, [EXAMPLE])
     assert example_timestamp(GOLDEN_EXAMPLE_V1) == T0 + 123
     assert decode_example(GOLDEN_EXAMPLE_V1).source is None  # version 1 kept no record
 
@@ -194,8 +193,8 @@ def test_example_version_2_keeps_the_record_as_read():
     no_source = Example("u", 5, None, 0.0, 1.0, 0.0, ())
     assert encode_example(no_source) == GOLDEN_EXAMPLE_V2_NO_SOURCE
     assert decode_example(GOLDEN_EXAMPLE_V2_NO_SOURCE) == no_source
-    entry = buffer_entry(T0 + 60_000, GOLDEN_EXAMPLE_V2)
-    assert decode_buffer_entry(entry) == (T0 + 60_000, EXAMPLE._replace(source=SOURCE))
+    entry = buffer_entry(T0 + 60_000, [GOLDEN_EXAMPLE_V2])
+    assert (buffer_batch_end(entry), buffered_examples(entry)) == (T0 + 60_000, [EXAMPLE._replace(source=SOURCE)])
 
 
 def test_example_version_3_is_version_2_then_the_global_correction():
@@ -209,14 +208,14 @@ def test_example_version_3_is_version_2_then_the_global_correction():
 
 def test_a_packed_buffer_entry_is_the_interval_end_0xf0_then_an_example_group():
     members = [EXAMPLE._replace(uid=f"u{i}", source=SOURCE) for i in range(3)]
-    entry = packed_entry(T0 + 60_000, [encode_example(ex) for ex in members])
+    entry = buffer_entry(T0 + 60_000, [encode_example(ex) for ex in members])
     group = encode_example_group([encode_example(ex) for ex in members])
     assert entry == GOLDEN_BUFFER_ENTRY[:8] + b"\xf0" + group
     assert is_packed(entry) and not is_packed(GOLDEN_BUFFER_ENTRY)
     assert buffered_examples(entry) == members
     assert buffered_examples(GOLDEN_BUFFER_ENTRY) == [EXAMPLE]
-    with pytest.raises(StateDecodeError, match="packed buffer entry"):
-        decode_buffer_entry(entry)
+    with pytest.raises(TypeError, match="sequence of encoded examples"):
+        buffer_entry(T0, encode_example(EXAMPLE))
 
 
 def test_example_groups_carry_their_examples_byte_for_byte():

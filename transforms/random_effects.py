@@ -41,7 +41,6 @@ from .state import (
     encode_model,
     example_timestamp,
     is_packed,
-    packed_entry,
 )
 from .update import GLOBAL_MODEL_ID, UpdateConfig, as_global_model, correct_due, train_due
 from .worker import tune_garbage_collection
@@ -123,18 +122,22 @@ class ParseModelsFn(beam.DoFn):
 
 
 def buffer_examples(config: UpdateConfig, encoded_examples, buffer, marks_state, flush) -> int:
-    """Buffer encoded examples, each for the interval it joins (``UpdateConfig.minibatch_of``), and
-    move the flush timer earlier if one of those intervals ends before it; return how many are late.
-    The buffering half of both interval stages (the entities' and the global correction's): the
-    flush marks are read once and written at most once, whatever the number of examples."""
+    """Buffer encoded examples, each for the interval it joins (``UpdateConfig.minibatch_of``), one
+    entry per interval (``state.buffer_entry``), and move the flush timer earlier if one of those
+    intervals ends before it; return how many are late. The buffering half of both interval stages
+    (the entities' and the global correction's): the flush marks are read once and written at most
+    once, whatever the number of examples."""
     flushed_until, pending = marks_state.read() or NO_MARKS
-    earliest, late = pending, 0
+    by_end, late = defaultdict(list), 0
     for encoded in encoded_examples:
         batch_end, is_late = config.minibatch_of(example_timestamp(encoded), flushed_until)
-        buffer.add(buffer_entry(batch_end, encoded))
+        by_end[batch_end].append(encoded)
         late += is_late
-        if earliest == 0 or batch_end < earliest:
-            earliest = batch_end
+    for batch_end, members in by_end.items():
+        buffer.add(buffer_entry(batch_end, members))
+    earliest = min(by_end, default=pending)
+    if pending and pending < earliest:
+        earliest = pending
     if earliest != pending:
         flush.set(Timestamp(micros=earliest * 1000))
         marks_state.write((flushed_until, earliest))
@@ -164,8 +167,8 @@ def take_due(buffer, fired: Timestamp, flush_all: bool) -> Tuple[Dict[int, list]
     """Split the buffer at a firing: ``({interval end: examples}, entries kept)``; the due intervals
     (ending at or before the firing, or all of them with ``flush_all``) leave the buffer, decoded.
     The single entries kept for a later interval go back as one packed entry per interval
-    (``state.packed_entry``) and packed entries from earlier firings go back as they are, so that an
-    interval waiting through many firings is not read and written back example by example at each."""
+    (``state.buffer_entry``) and packed entries go back as they are, so that an interval waiting
+    through many firings is not read and written back example by example at each."""
     now_ms = fired.micros // 1000
     due, keep, loose = defaultdict(list), [], defaultdict(list)
     for entry in buffer.read():
@@ -177,7 +180,7 @@ def take_due(buffer, fired: Timestamp, flush_all: bool) -> Tuple[Dict[int, list]
         else:
             loose[end].append(entry)
     for end, entries in loose.items():
-        keep.append(entries[0] if len(entries) == 1 else packed_entry(end, [e[8:] for e in entries]))
+        keep.append(entries[0] if len(entries) == 1 else buffer_entry(end, [e[8:] for e in entries]))
     buffer.clear()
     for entry in keep:
         buffer.add(entry)

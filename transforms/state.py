@@ -39,8 +39,8 @@ instead of one per example (a shuffle record, a stateful call and a state read f
 
 Buffer entries (the interval stages' bag state): the end of the mini-batch (int64), then either an
 encoded example (its version byte, 1 to 3, first) or the byte 0xF0 and an example group of that
-mini-batch (a packed entry). A firing packs the examples it keeps for a later mini-batch, so a
-mini-batch that waits through many firings (a backlog read in streaming) is read back as one entry
+mini-batch (a packed entry). Examples that arrive together, and those a firing keeps for a later
+mini-batch, are packed, so a mini-batch that waits through many firings (a backlog read in streaming) is read back as one entry
 per firing, not one per example.
 """
 
@@ -390,21 +390,21 @@ def decode_example_group(data: bytes) -> List[bytes]:
     return members
 
 
-def buffer_entry(batch_end_ms: int, encoded_example: bytes) -> bytes:
-    """A buffered example: the end of the mini-batch it belongs to, then the encoded example."""
-    return _I64.pack(batch_end_ms) + encoded_example
+def buffer_entry(batch_end_ms: int, encoded_examples: Sequence[bytes]) -> bytes:
+    """Buffered examples of one mini-batch as one entry: its end, then the encoded example, or for
+    several, 0xF0 and their example group (a packed entry)."""
+    if isinstance(encoded_examples, (bytes, bytearray)):
+        raise TypeError("buffer_entry takes a sequence of encoded examples, not one example's bytes.")
+    if len(encoded_examples) == 1:
+        return _I64.pack(batch_end_ms) + encoded_examples[0]
+    return _I64.pack(batch_end_ms) + b"\xf0" + encode_example_group(encoded_examples)
 
 
 _PACKED = 0xF0  # after a buffer entry's mini-batch end: the entry packs several examples
 
 
-def packed_entry(batch_end_ms: int, encoded_examples: Sequence[bytes]) -> bytes:
-    """Buffered examples of one mini-batch as one entry: its end, 0xF0, then their example group."""
-    return _I64.pack(batch_end_ms) + b"\xf0" + encode_example_group(encoded_examples)
-
-
 def is_packed(entry: bytes) -> bool:
-    """Whether a buffer entry is a ``packed_entry``."""
+    """Whether a buffer entry packs several examples (``buffer_entry``)."""
     return entry[8] == _PACKED
 
 
@@ -418,14 +418,6 @@ def buffered_examples(entry: bytes) -> List[Example]:
 def buffer_batch_end(entry: bytes) -> int:
     """The mini-batch end of a buffered entry, without decoding the example."""
     return _I64.unpack_from(entry, 0)[0]
-
-
-def decode_buffer_entry(entry: bytes) -> Tuple[int, Example]:
-    """(mini-batch end, example) of a buffer entry of one example (``buffered_examples`` reads both
-    kinds)."""
-    if is_packed(entry):
-        raise StateDecodeError("a packed buffer entry holds several examples: read it with buffered_examples.")
-    return buffer_batch_end(entry), decode_example(entry[8:])
 
 
 class EntityStateCoder(coders.Coder):
