@@ -36,9 +36,9 @@ from scipy import sparse
 from scipy.linalg.lapack import dposv as _dposv
 
 try:  # scipy's own CSR kernels, called without ``X @ v``'s ~5 us of Python dispatch per product
-    from scipy.sparse._sparsetools import csr_matvec as _csr_matvec, csr_todense as _csr_todense
+    from scipy.sparse._sparsetools import csr_matvec as _csr_matvec, csr_tocsc as _csr_tocsc, csr_todense as _csr_todense
 except ImportError:  # pragma: no cover - a scipy that moved them: the public methods do the same
-    _csr_matvec = _csr_todense = None
+    _csr_matvec = _csr_tocsc = _csr_todense = None
 
 from ._indexed import HessianType
 from ._loss import LossFamily
@@ -77,7 +77,9 @@ class DesignMatrix:
     """The training matrix restricted to the columns the optimiser works on, in the cheapest form.
 
     Small or dense problems use a dense array (BLAS). Wide sparse ones keep CSR, because forming
-    ``X' D X`` there costs more than the handful of Hessian-vector products a step needs.
+    ``X' D X`` there costs more than the handful of Hessian-vector products a step needs; their
+    products run on the raw CSR arrays of ``X`` and of ``X'`` (scipy's matrix objects around them
+    cost more to build than a whole Newton step's products on the benchmark's 1000 x 200 problem).
     """
 
     def __init__(self, X, columns: Optional[np.ndarray], allow_sparse: bool = True):
@@ -94,27 +96,29 @@ class DesignMatrix:
         self.X = X
         self.shape = X.shape
         self.dense = isinstance(X, np.ndarray)
-        self._squared = None
+        self._squared = self._XT = None
         if not self.dense:
-            self._XT = X.T.tocsr()
             self._csr = (X.indptr, X.indices, X.data.astype(np.float64, copy=False))
-            self._csr_t = (self._XT.indptr, self._XT.indices, self._XT.data.astype(np.float64, copy=False))
+            self._csr_t = _transposed(self.shape, self._csr)
 
     def dot(self, v: np.ndarray) -> np.ndarray:
         if self.dense:
             return self.X @ v
-        return _sparse_product(self.X, self._csr, v)
+        return _sparse_product(self.shape, self._csr, v)
 
     def rdot(self, r: np.ndarray) -> np.ndarray:
         """X' r."""
         if self.dense:
             return r @ self.X
-        return _sparse_product(self._XT, self._csr_t, r)
+        return _sparse_product(self.shape[::-1], self._csr_t, r)
 
     def weighted_gram(self, d2: np.ndarray) -> np.ndarray:
         """X' diag(d2) X as a dense matrix."""
         if self.dense:
             return self.X.T @ (self.X * d2[:, None])
+        if self._XT is None:
+            indptr, indices, data = self._csr_t
+            self._XT = sparse.csr_matrix((data, indices, indptr), shape=self.shape[::-1])
         scaled = sparse.csr_matrix(
             (self.X.data * np.repeat(d2, np.diff(self.X.indptr)), self.X.indices, self.X.indptr), shape=self.X.shape
         )
@@ -122,14 +126,28 @@ class DesignMatrix:
 
     def squared_column_dot(self, d2: np.ndarray) -> np.ndarray:
         """diag(X' diag(d2) X), without forming the Gram matrix."""
-        if self._squared is None:
-            X = self.X
-            if self.dense:
-                self._squared = X * X
-            else:  # X' with its entries squared, on X''s transpose already at hand
-                XT = self._XT
-                self._squared = sparse.csr_matrix((XT.data * XT.data, XT.indices, XT.indptr), shape=XT.shape)
-        return d2 @ self._squared if self.dense else self._squared @ d2
+        if self.dense:
+            if self._squared is None:
+                self._squared = self.X * self.X
+            return d2 @ self._squared
+        if self._squared is None:  # X' with its entries squared
+            indptr, indices, data = self._csr_t
+            self._squared = (indptr, indices, data * data)
+        return _sparse_product(self.shape[::-1], self._squared, d2)
+
+
+def _transposed(shape: Tuple[int, int], csr) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CSR arrays of the transpose of the (n x k) CSR matrix whose arrays are ``csr``."""
+    indptr, indices, data = csr
+    if _csr_tocsc is None:
+        XT = sparse.csr_matrix((data, indices, indptr), shape=shape).T.tocsr()
+        return XT.indptr, XT.indices, XT.data.astype(np.float64, copy=False)
+    n, k = shape
+    t_indptr = np.empty(k + 1, dtype=indptr.dtype)
+    t_indices = np.empty(len(indices), dtype=indices.dtype)
+    t_data = np.empty(len(data))
+    _csr_tocsc(n, k, indptr, indices, data, t_indptr, t_indices, t_data)
+    return t_indptr, t_indices, t_data
 
 
 def _to_dense(X) -> np.ndarray:
@@ -142,11 +160,12 @@ def _to_dense(X) -> np.ndarray:
     return out
 
 
-def _sparse_product(X, arrays, v: np.ndarray) -> np.ndarray:
-    """``X @ v`` for a CSR matrix whose (indptr, indices, data) are ``arrays``."""
+def _sparse_product(shape: Tuple[int, int], arrays, v: np.ndarray) -> np.ndarray:
+    """``X @ v`` for the ``shape`` CSR matrix whose (indptr, indices, data) are ``arrays``."""
+    n, k = shape
     if _csr_matvec is None:
-        return X @ v
-    n, k = X.shape
+        indptr, indices, data = arrays
+        return sparse.csr_matrix((data, indices, indptr), shape=shape) @ v
     out = np.zeros(n)
     _csr_matvec(n, k, arrays[0], arrays[1], arrays[2], np.ascontiguousarray(v, dtype=np.float64), out)
     return out
