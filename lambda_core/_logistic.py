@@ -17,6 +17,22 @@ _LOG2 = math.log(2.0)
 _EXP_MAX = 709.0
 
 
+# From this many margins on, exp then log1p (numpy's vectorised loops) beats logaddexp (not
+# vectorised), by ~4x on 1000 margins; below it the one call is cheaper (measured: see the README).
+_SOFTPLUS_VECTORISED_MIN = 64
+
+
+def _softplus_sum(w: np.ndarray, z: np.ndarray) -> float:
+    """``sum_i w_i log(1 + exp(z_i))``, overflow-free for any ``z``."""
+    if len(z) >= _SOFTPLUS_VECTORISED_MIN:
+        with np.errstate(over="ignore"):
+            value = float(w @ np.log1p(np.exp(z)))
+        if math.isfinite(value):
+            return value
+        # exp overflowed (a margin above ~709), or a weight or margin is not finite: logaddexp is exact there.
+    return float(w @ np.logaddexp(0.0, z))
+
+
 def logistic_labels(y: np.ndarray) -> np.ndarray:
     """Map labels in {0, 1} or {-1, +1} to {-1, +1}; anything else is a ``ValueError``."""
     BINARY.check(y, "logistic")
@@ -44,7 +60,7 @@ class LogisticLoss(LossFamily):
         neg_z = margin * y
         s = expit(neg_z)  # probability of the wrong label
         ws = w * s
-        return float(w @ np.logaddexp(0.0, neg_z)), y * ws, ws - ws * s
+        return _softplus_sum(w, neg_z), y * ws, ws - ws * s
 
     def small_labels(self, labels: Sequence[float]):
         out = []
