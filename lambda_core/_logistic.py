@@ -33,12 +33,6 @@ def _softplus_sum(w: np.ndarray, z: np.ndarray) -> float:
     return float(w @ np.logaddexp(0.0, z))
 
 
-def logistic_labels(y: np.ndarray) -> np.ndarray:
-    """Map labels in {0, 1} or {-1, +1} to {-1, +1}; anything else is a ``ValueError``."""
-    BINARY.check(y, "logistic")
-    return (y == 1.0) * 2.0 - 1.0
-
-
 class LogisticLoss(LossFamily):
     """``sum_i w_i log(1 + exp(-y_i m_i))`` with y in {-1, +1}, overflow-free for any margin.
 
@@ -51,10 +45,12 @@ class LogisticLoss(LossFamily):
     curvature_bound = 0.25
 
     def labels(self, y: np.ndarray) -> np.ndarray:
-        return -logistic_labels(y)
+        """``-y`` in {-1, +1} for labels in {0, 1} or {-1, +1} (``ValueError`` for any other)."""
+        BINARY.check(y, "logistic")
+        return np.where(y == 1.0, -1.0, 1.0)
 
     def value(self, margin, y, w):
-        return float(w @ np.logaddexp(0.0, margin * y))
+        return _softplus_sum(w, margin * y)
 
     def terms(self, margin, y, w):
         neg_z = margin * y

@@ -30,10 +30,10 @@ class LabelRule:
 
     def check(self, y: np.ndarray, family: str = "") -> None:
         """``ValueError`` naming the first label this rule rejects (and the family that needs it)."""
-        bad = ~self.accepts_array(y)
-        if bad.any():
+        ok = self.accepts_array(y)
+        if not ok.all():
             what = f"{family.capitalize()} labels" if family else "Labels"
-            raise ValueError(f"{what} must be {self.requirement}; got {float(y[bad][0])!r}.")
+            raise ValueError(f"{what} must be {self.requirement}; got {float(y[~ok][0])!r}.")
 
     def accepts_array(self, y: np.ndarray) -> np.ndarray:
         return np.fromiter((self.accepts(v) for v in y), dtype=bool, count=len(y))

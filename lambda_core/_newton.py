@@ -241,8 +241,10 @@ class ConjugateGradientSolve(InnerSolve):
     name = "cg"
 
     def direction(self, solver, d2, g):
-        design, r_diag, g_norm0 = solver.design, solver.prior_diag, solver.g_norm0
-        g_norm = float(np.sqrt(g @ g))
+        design, r_diag = solver.design, solver.prior_diag
+        if solver.g_norm0 is None:  # the initial gradient's norm, computed only when CG is used
+            solver.g_norm0 = float(np.sqrt(solver.g0 @ solver.g0))
+        g_norm, g_norm0 = float(np.sqrt(g @ g)), solver.g_norm0
         if g_norm == 0.0:
             return Step(np.zeros_like(g), 0.0)
         forcing = min(0.1, g_norm / max(g_norm0, 1e-300), np.sqrt(g_norm))
@@ -306,7 +308,7 @@ def low_rank_is_accurate(design: DesignMatrix, prior_diag: np.ndarray, curvature
 def cholesky_direction(H: np.ndarray, g: np.ndarray) -> Optional[np.ndarray]:
     """Solve H s = -g by Cholesky; add growing damping if H is not numerically positive definite."""
     _, step, info = _dposv(H, -g, overwrite_a=False, overwrite_b=True)
-    if info == 0 and np.isfinite(step).all():
+    if info == 0 and math.isfinite(float(step.sum())):  # a sum is finite iff every entry is (or overflows)
         return step
     scale = float(np.max(np.abs(np.diagonal(H)))) if H.size else 1.0
     damping = (scale if scale > 0 and np.isfinite(scale) else 1.0) * 1e-12
@@ -461,7 +463,7 @@ class NewtonSolver:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             f, data_f, d1, d2, prior_g = self.evaluate(theta)
             g = self.design.rdot(d1) + prior_g
-            self.g_norm0 = float(np.sqrt(g @ g))
+            self.g0, self.g_norm0 = g, None
             while True:
                 if not math.isfinite(f + float(g.sum())):  # one check covers every entry
                     warnflag, task = FAILED, "NON-FINITE LOSS OR GRADIENT"
@@ -513,9 +515,10 @@ class NewtonSolver:
             return None
         cols = self.columns
         if self.hessian_type is HessianType.DIAGONAL:
-            diag = self.prior.hessian_diagonal()
-            if cols is None:
+            if cols is None:  # setup's prior_diag (of a diagonal prior) is then the whole prior's diagonal
+                diag = self.prior.hessian_diagonal() if self.prior_diag is None else self.prior_diag
                 return diag + self.design.squared_column_dot(d2)
+            diag = self.prior.hessian_diagonal()
             diag[cols] += self.design.squared_column_dot(d2)
             return diag
         H = self.prior.hessian_matrix()

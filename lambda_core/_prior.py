@@ -62,7 +62,7 @@ class QuadraticPrior:
     """``Q(theta)`` above. ``precision`` is a diagonal vector or None, ``matrix`` a full precision or
     None (exactly one is given); ``ridge`` a number or a vector; ``anchor`` a vector or None (zero)."""
 
-    __slots__ = ("center", "precision", "matrix", "scale", "ridge", "anchor", "_scalar_ridge")
+    __slots__ = ("center", "precision", "matrix", "scale", "ridge", "anchor", "_scalar_ridge", "_scaled")
 
     def __init__(self, center: np.ndarray, precision: Optional[np.ndarray], matrix: Optional[np.ndarray],
                  scale: float, ridge, anchor: Optional[np.ndarray] = None):
@@ -73,6 +73,8 @@ class QuadraticPrior:
         self.ridge = ridge
         self.anchor = anchor
         self._scalar_ridge = np.ndim(ridge) == 0
+        # scale * precision, which every evaluation of a diagonal prior's gradient needs
+        self._scaled = None if precision is None or not self.scale else self.scale * precision
 
     # ----- construction ------------------------------------------------------------------------
     @classmethod
@@ -126,7 +128,10 @@ class QuadraticPrior:
         if not self.scale:
             return value, ridge_grad
         dev = theta - self.center
-        pdev = dev * self.precision if self.matrix is None else self.matrix @ dev
+        if self.matrix is None:
+            spdev = dev * self._scaled
+            return value + 0.5 * float(dev @ spdev), ridge_grad + spdev
+        pdev = self.matrix @ dev
         return value + 0.5 * self.scale * float(dev @ pdev), ridge_grad + self.scale * pdev
 
     def value(self, theta: np.ndarray) -> float:
