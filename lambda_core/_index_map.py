@@ -1,6 +1,5 @@
 """IndexMap: the translation between (name, term) keys and column indices."""
 
-from itertools import chain
 from operator import attrgetter
 from typing import Dict, Iterable, List, Tuple
 
@@ -99,8 +98,8 @@ class IndexMap:
         coeff_nts = list(map(_name_term, coefficient_mean))
         coeff_nts += map(_name_term, coefficient_vars or ())
         coeff_added, _ = imap.batch_push(coeff_nts)
-        record_nts = map(_name_term, chain.from_iterable(r.features for r in training_records))
-        record_added, record_seen = imap.batch_push(record_nts)
+        # A list comprehension (CPython specialises its attribute reads) is faster here than map().
+        record_added, record_seen = imap.batch_push([f.name_term for r in training_records for f in r.features])
         in_both = record_seen - record_added
         return imap, {
             "num_nts_in_both": in_both,
