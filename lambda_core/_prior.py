@@ -73,8 +73,7 @@ class QuadraticPrior:
         self.ridge = ridge
         self.anchor = anchor
         self._scalar_ridge = np.ndim(ridge) == 0
-        # scale * precision, which every evaluation of a diagonal prior's gradient needs
-        self._scaled = None if precision is None or not self.scale else self.scale * precision
+        self._scaled = None  # scale * precision, once a diagonal prior is first evaluated
 
     # ----- construction ------------------------------------------------------------------------
     @classmethod
@@ -129,6 +128,8 @@ class QuadraticPrior:
             return value, ridge_grad
         dev = theta - self.center
         if self.matrix is None:
+            if self._scaled is None:
+                self._scaled = self.scale * self.precision
             spdev = dev * self._scaled
             return value + 0.5 * float(dev @ spdev), ridge_grad + spdev
         pdev = self.matrix @ dev
