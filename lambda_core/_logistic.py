@@ -25,7 +25,7 @@ _SOFTPLUS_VECTORISED_MIN = 64
 def _softplus_sum(w: np.ndarray, z: np.ndarray) -> float:
     """``sum_i w_i log(1 + exp(z_i))``, overflow-free for any ``z``."""
     if len(z) >= _SOFTPLUS_VECTORISED_MIN:
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # invalid: a weight of 0 times an overflowed inf
             value = float(w @ np.log1p(np.exp(z)))
         if math.isfinite(value):
             return value
@@ -71,7 +71,8 @@ class LogisticLoss(LossFamily):
 
     def terms_small(self, margins, y, w):
         # ``expit`` and ``logaddexp(0, z)`` written as scipy and numpy compute them, so each term is
-        # the same float as in ``terms``.
+        # the same float as in ``terms`` below ``_SOFTPLUS_VECTORISED_MIN`` margins (the tiny problems
+        # this form serves) and equal to rounding above.
         total = 0.0
         d1: List[float] = []
         d2: List[float] = []

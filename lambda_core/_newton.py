@@ -36,7 +36,8 @@ from scipy import sparse
 from scipy.linalg.lapack import dposv as _dposv
 
 try:  # scipy's own CSR kernels, called without ``X @ v``'s ~5 us of Python dispatch per product
-    from scipy.sparse._sparsetools import csr_matvec as _csr_matvec, csr_tocsc as _csr_tocsc, csr_todense as _csr_todense
+    from scipy.sparse._sparsetools import (csr_matvec as _csr_matvec, csr_tocsc as _csr_tocsc,
+                                           csr_todense as _csr_todense)
 except ImportError:  # pragma: no cover - a scipy that moved them: the public methods do the same
     _csr_matvec = _csr_tocsc = _csr_todense = None
 
@@ -91,6 +92,9 @@ class DesignMatrix:
                 X = X.toarray()
             else:
                 X = X.tocsr()
+                if not X.has_canonical_format:  # duplicates summed: squared, they are (a + b)^2, not a^2 + b^2
+                    X = X.copy()
+                    X.sum_duplicates()
         elif columns is not None:
             X = X[:, columns]
         self.X = X
@@ -117,8 +121,7 @@ class DesignMatrix:
         if self.dense:
             return self.X.T @ (self.X * d2[:, None])
         if self._XT is None:
-            indptr, indices, data = self._csr_t
-            self._XT = sparse.csr_matrix((data, indices, indptr), shape=self.shape[::-1])
+            self._XT = _csr_object(self.shape[::-1], self._csr_t)
         scaled = sparse.csr_matrix(
             (self.X.data * np.repeat(d2, np.diff(self.X.indptr)), self.X.indices, self.X.indptr), shape=self.X.shape
         )
@@ -140,7 +143,7 @@ def _transposed(shape: Tuple[int, int], csr) -> Tuple[np.ndarray, np.ndarray, np
     """The CSR arrays of the transpose of the (n x k) CSR matrix whose arrays are ``csr``."""
     indptr, indices, data = csr
     if _csr_tocsc is None:
-        XT = sparse.csr_matrix((data, indices, indptr), shape=shape).T.tocsr()
+        XT = _csr_object(shape, csr).T.tocsr()
         return XT.indptr, XT.indices, XT.data.astype(np.float64, copy=False)
     n, k = shape
     t_indptr = np.empty(k + 1, dtype=indptr.dtype)
@@ -148,6 +151,12 @@ def _transposed(shape: Tuple[int, int], csr) -> Tuple[np.ndarray, np.ndarray, np
     t_data = np.empty(len(data))
     _csr_tocsc(n, k, indptr, indices, data, t_indptr, t_indices, t_data)
     return t_indptr, t_indices, t_data
+
+
+def _csr_object(shape: Tuple[int, int], arrays) -> sparse.csr_matrix:
+    """A scipy CSR matrix around raw (indptr, indices, data) arrays."""
+    indptr, indices, data = arrays
+    return sparse.csr_matrix((data, indices, indptr), shape=shape)
 
 
 def _to_dense(X) -> np.ndarray:
@@ -164,8 +173,7 @@ def _sparse_product(shape: Tuple[int, int], arrays, v: np.ndarray) -> np.ndarray
     """``X @ v`` for the ``shape`` CSR matrix whose (indptr, indices, data) are ``arrays``."""
     n, k = shape
     if _csr_matvec is None:
-        indptr, indices, data = arrays
-        return sparse.csr_matrix((data, indices, indptr), shape=shape) @ v
+        return _csr_object(shape, arrays) @ v
     out = np.zeros(n)
     _csr_matvec(n, k, arrays[0], arrays[1], arrays[2], np.ascontiguousarray(v, dtype=np.float64), out)
     return out

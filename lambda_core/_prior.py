@@ -73,7 +73,7 @@ class QuadraticPrior:
         self.ridge = ridge
         self.anchor = anchor
         self._scalar_ridge = np.ndim(ridge) == 0
-        self._scaled = None  # scale * precision, once a diagonal prior is first evaluated
+        self._scaled = None  # scale * precision (``_scaled_precision``), computed once when first asked
 
     # ----- construction ------------------------------------------------------------------------
     @classmethod
@@ -109,6 +109,13 @@ class QuadraticPrior:
             return cls(mean, precision, matrix, delta, forget * ridge, anchor)
         raise ValueError(f"forgetting target must be one of {', '.join(FORGETTING_TARGETS)}, got {target!r}.")
 
+    def _scaled_precision(self) -> np.ndarray:
+        """``scale * precision`` of a diagonal prior, computed once (a prior is not changed after it
+        is built: the solver evaluates it several times per Newton step)."""
+        if self._scaled is None:
+            self._scaled = self.scale * self.precision
+        return self._scaled
+
     # ----- what the solver asks ----------------------------------------------------------------
     @property
     def diagonal_only(self) -> bool:
@@ -128,9 +135,7 @@ class QuadraticPrior:
             return value, ridge_grad
         dev = theta - self.center
         if self.matrix is None:
-            if self._scaled is None:
-                self._scaled = self.scale * self.precision
-            spdev = dev * self._scaled
+            spdev = dev * self._scaled_precision()
             return value + 0.5 * float(dev @ spdev), ridge_grad + spdev
         pdev = self.matrix @ dev
         return value + 0.5 * self.scale * float(dev @ pdev), ridge_grad + self.scale * pdev
@@ -145,8 +150,9 @@ class QuadraticPrior:
 
     def hessian_diagonal(self) -> np.ndarray:
         """The diagonal of ``Q``'s Hessian (a new array)."""
-        p = self.precision if self.matrix is None else np.diagonal(self.matrix)
-        return self.ridge + self.scale * p
+        if self.matrix is None:
+            return self.ridge + self._scaled_precision()
+        return self.ridge + self.scale * np.diagonal(self.matrix)
 
     def hessian_matrix(self, cols: Optional[np.ndarray] = None) -> np.ndarray:
         """``Q``'s Hessian as a dense matrix (restricted to ``cols``)."""
@@ -166,7 +172,7 @@ class QuadraticPrior:
     def minimiser(self) -> np.ndarray:
         """The minimiser of a diagonal ``Q``, coordinate by coordinate: what a coefficient the data
         does not touch becomes. With no prior on a coordinate it keeps its ``center``."""
-        sp = self.scale * self.precision
+        sp = self._scaled_precision()
         numer = sp * self.center
         if self.anchor is not None:
             numer = numer + self.ridge * self.anchor
@@ -176,7 +182,7 @@ class QuadraticPrior:
 
     def linear_term(self) -> np.ndarray:
         """``b`` in ``grad Q(theta) = H_Q theta - b`` (a diagonal ``Q``)."""
-        b = self.scale * self.precision * self.center
+        b = self._scaled_precision() * self.center
         if self.anchor is not None:
             b = b + self.ridge * self.anchor
         return b

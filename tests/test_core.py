@@ -1,5 +1,7 @@
 """Unit tests of lambda_core: the tutorial API, labels, numerics, sampling, metrics."""
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import sparse
@@ -368,6 +370,55 @@ def test_sparse_products_without_scipys_dispatch_equal_the_public_product(monkey
     v, r = rng.normal(size=400), rng.normal(size=300)
     np.testing.assert_allclose(design.dot(v), X @ v, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(design.rdot(r), X.T @ r, rtol=1e-13, atol=1e-13)
-    monkeypatch.setattr(lambda_core._newton, "_csr_matvec", None)  # a scipy without the private kernel
+    monkeypatch.setattr(lambda_core._newton, "_csr_matvec", None)  # a scipy without the private kernels
     np.testing.assert_array_equal(design.dot(v), X @ v)
     np.testing.assert_array_equal(design.rdot(r), X.T @ r)
+    monkeypatch.setattr(lambda_core._newton, "_csr_tocsc", None)
+    without = lambda_core._newton.DesignMatrix(X, None)
+    for i in range(3):
+        np.testing.assert_array_equal(without._csr_t[i], design._csr_t[i])
+    d2 = rng.uniform(size=300)
+    np.testing.assert_allclose(without.squared_column_dot(d2), X.T.multiply(X.T) @ d2, rtol=1e-13)
+    np.testing.assert_allclose(without.weighted_gram(d2), (X.T @ sparse.diags(d2) @ X).toarray(), rtol=1e-12)
+
+
+def test_a_sparse_design_with_repeated_entries_is_summed_before_it_is_squared():
+    # Wide and sparse enough to stay sparse in the solver; row 0 holds column 5 twice.
+    rng = np.random.default_rng(4)
+    features = sparse.random(300, 399, density=0.03, format="csr", random_state=5)
+    features.data = rng.normal(size=features.nnz)
+    X = sparse.hstack([np.ones((300, 1)), features], format="csr")
+    canonical = X.tocoo()
+    rows = np.concatenate([canonical.row, [0, 0]])
+    cols = np.concatenate([canonical.col, [5, 5]])
+    vals = np.concatenate([canonical.data, [1.0, 1.0]])
+    order = np.lexsort((cols, rows))
+    indptr = np.searchsorted(rows[order], np.arange(301))
+    repeated = sparse.csr_matrix((vals[order], cols[order], indptr), shape=X.shape)
+    assert not repeated.has_canonical_format
+    summed = repeated.copy()
+    summed.sum_duplicates()
+    d2 = rng.uniform(size=300)
+    design = lambda_core._newton.DesignMatrix(repeated, None)
+    assert not design.dense and not repeated.has_canonical_format  # the caller's matrix is left as it was
+    np.testing.assert_allclose(design.squared_column_dot(d2), summed.T.multiply(summed.T) @ d2, rtol=1e-13)
+    y = (rng.random(300) < 0.5).astype(float)
+    fits = [TrainerSequentialBayesianLogisticLossWithL2(
+        training_data=IndexedDataset(M, y, np.ones(300), np.zeros(300)),
+        initial_model=IndexedModel(np.zeros(400), np.full(400, 2.0)), hessian_type=HessianType.DIAGONAL,
+        penalty=1.0, delta=0.8).train() for M in (repeated, summed)]
+    assert fits[0][2]["inner_solves"].keys() == {"cg"}
+    np.testing.assert_allclose(fits[0][0].hessian_diagonal(), fits[1][0].hessian_diagonal(), rtol=1e-12)
+    np.testing.assert_allclose(fits[0][0].theta, fits[1][0].theta, rtol=1e-9, atol=1e-12)
+
+
+def test_the_logistic_loss_of_a_large_problem_warns_of_nothing_for_any_margin_or_weight():
+    n = 80  # above the count from which the loss value takes numpy's vectorised exp and log1p
+    w = np.zeros(n)
+    w[0] = 1.0
+    data = IndexedDataset(np.ones((n, 1)), np.ones(n), w, np.zeros(n))
+    trainer = TrainerLogisticLossWithL2(training_data=data, initial_model=IndexedModel(np.zeros(1)), penalty=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert trainer.loss(np.array([-1000.0])) == pytest.approx(1000.0 + 0.5 * 1e6)
+        assert trainer.loss(np.array([2.0])) == pytest.approx(np.log1p(np.exp(-2.0)) + 2.0)
