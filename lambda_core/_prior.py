@@ -58,6 +58,31 @@ def forgetting_factor(elapsed_ms: float, interval_ms: float, factor: float,
     return factor ** (elapsed_ms / interval_ms)
 
 
+def forgetting_pull(mean, penalty: float, delta: float, target: str = "zero",
+                    reference: Optional[Tuple[np.ndarray, np.ndarray]] = None):
+    """``(ridge, anchor)`` of ``QuadraticPrior.sequential``: what forgetting by ``delta`` pulls the
+    posterior with means ``mean`` towards (see the module docstring). ``ridge`` is a number, or a
+    vector for target ``"initial"`` with a reference; ``anchor`` None (zero), ``mean`` itself (target
+    ``"variance"``, so a list stays a list) or a vector. The plain-Python update asks this directly,
+    on lists, without building the prior's arrays."""
+    forget = 1.0 - delta
+    if target == "zero" or delta == 1.0:
+        return forget * penalty, None
+    if target == "variance":
+        return forget * penalty, mean
+    if target == "initial":
+        if reference is None:
+            return forget * penalty, None
+        d = len(mean)
+        ref_mean, ref_precision = reference
+        r = len(ref_mean)
+        anchor, ridge = np.zeros(d), np.full(d, float(penalty))
+        anchor[:r] = ref_mean
+        ridge[:r] = ref_precision
+        return forget * ridge, anchor
+    raise ValueError(f"forgetting target must be one of {', '.join(FORGETTING_TARGETS)}, got {target!r}.")
+
+
 class QuadraticPrior:
     """``Q(theta)`` above. ``precision`` is a diagonal vector or None, ``matrix`` a full precision or
     None (exactly one is given); ``ridge`` a number or a vector; ``anchor`` a vector or None (zero)."""
@@ -90,24 +115,10 @@ class QuadraticPrior:
         ``reference`` is the initial model's ``(means, precisions)`` for target ``"initial"`` (over
         the first coefficients; the rest are 0 with precision ``penalty``); None means the cold prior.
         """
-        d = len(mean)
         if matrix is None and precision is None:
-            precision = np.full(d, float(penalty))
-        forget = 1.0 - delta
-        if target == "zero" or delta == 1.0:
-            return cls(mean, precision, matrix, delta, forget * penalty)
-        if target == "variance":
-            return cls(mean, precision, matrix, delta, forget * penalty, mean)
-        if target == "initial":
-            if reference is None:
-                return cls(mean, precision, matrix, delta, forget * penalty)
-            ref_mean, ref_precision = reference
-            r = len(ref_mean)
-            anchor, ridge = np.zeros(d), np.full(d, float(penalty))
-            anchor[:r] = ref_mean
-            ridge[:r] = ref_precision
-            return cls(mean, precision, matrix, delta, forget * ridge, anchor)
-        raise ValueError(f"forgetting target must be one of {', '.join(FORGETTING_TARGETS)}, got {target!r}.")
+            precision = np.full(len(mean), float(penalty))
+        ridge, anchor = forgetting_pull(mean, penalty, delta, target, reference)
+        return cls(mean, precision, matrix, delta, ridge, anchor)
 
     def _scaled_precision(self) -> np.ndarray:
         """``scale * precision`` of a diagonal prior, computed once (a prior is not changed after it

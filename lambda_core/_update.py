@@ -20,7 +20,7 @@ from ._indexed import HessianType
 from ._loss import LossFamily
 from . import _newton
 from ._newton import FAILED, NewtonSolver
-from ._prior import QuadraticPrior
+from ._prior import QuadraticPrior, forgetting_pull
 from ._small import Row, newton_small
 
 _isfinite = math.isfinite
@@ -184,10 +184,12 @@ def _update_small(rows, labels, weights, offsets, mean, precisions, d, family, p
     theta0 += [0.0] * (d - d_old)
     precision = [penalty] * d_old if precisions is None else precisions.tolist()
     precision += [penalty] * (d - d_old)
-    prior = QuadraticPrior.sequential(np.array(theta0), np.array(precision), None, penalty, delta, target, reference)
-    ridge = prior.ridge.tolist() if np.ndim(prior.ridge) else [float(prior.ridge)] * d
-    anchor = None if prior.anchor is None else prior.anchor.tolist()
-    scale = prior.scale
+    # The prior of ``QuadraticPrior.sequential`` on lists: its forgetting rule, without its arrays.
+    ridge, anchor = forgetting_pull(theta0, penalty, delta, target, reference)
+    ridge = ridge.tolist() if isinstance(ridge, np.ndarray) else [float(ridge)] * d
+    if isinstance(anchor, np.ndarray):
+        anchor = anchor.tolist()
+    scale = float(delta)
     if k == d:
         active, local_rows = range(d), rows
     else:
