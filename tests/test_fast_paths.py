@@ -301,6 +301,32 @@ def _leb128(n):
             return bytes(out)
 
 
+def test_examples_decoded_by_offsets_equal_the_reader_and_hand_it_every_other_case():
+    rng = np.random.default_rng(21)
+    texts = ["", "u", "é" * 40, "n" * 127, "n" * 128, "ü" * 70, "x" * 300]
+    for trial in range(300):
+        pick = lambda: texts[int(rng.integers(len(texts)))]  # noqa: E731
+        features = tuple((pick(), pick(), float(rng.normal())) for _ in range(int(rng.integers(0, 5))))
+        source = [None, b"", b"{}", bytes(127), bytes(128), bytes(16_383), bytes(16_384), bytes(70_000)][trial % 8]
+        example = Example(pick(), int(rng.integers(-2**62, 2**62)), None if trial % 3 == 0 else pick(),
+                          float(rng.integers(2)), float(rng.uniform(0, 2)), float(rng.normal()), features,
+                          source, 0.0 if trial % 2 else float(rng.normal()))
+        data = state.encode_example(example)
+        assert state._decode_example_by_reader(data, data[0]) == example
+        fast = state._decode_example_by_offsets(data, data[0])
+        assert fast is None or fast == example
+        assert state.decode_example(data) == example
+        # bytes that are not a whole example: the offsets give up, the reader says why
+        for cut in (len(data) - 1, len(data) // 2, 10):
+            assert state._decode_example_by_offsets(data[:cut], data[0]) is None
+            with pytest.raises(state.StateDecodeError):
+                state.decode_example(data[:cut])
+        assert state._decode_example_by_offsets(data + b"\x00", data[0]) is None
+    # the usual example takes the offsets
+    usual = Example("n7", 1_764_028_800_123, "e1", 1.0, 1.0, 0.5, (("f", "3", 0.25),), b'{"uid": "e1"}' * 20, 0.1)
+    assert state._decode_example_by_offsets(state.encode_example(usual), 3) == usual
+
+
 @pytest.mark.parametrize("length", [0, 1, 126, 127, 128, 129, 300, 20_000])
 def test_state_strings_and_varints_keep_their_bytes_around_the_one_byte_boundary(length):
     name = ("é" * length)[:length] if length % 2 else "n" * length

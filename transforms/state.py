@@ -353,6 +353,16 @@ def encode_example(ex: Example, source: Optional[bytes] = None) -> bytes:
 def decode_example(data: bytes) -> Example:
     """Inverse of ``encode_example`` (versions 1 to 3); the record as read is ``Example.source``."""
     version = _check_version(data, READABLE_EXAMPLE_VERSIONS, "Example")
+    if type(data) is bytes:
+        example = _decode_example_by_offsets(data, version)
+        if example is not None:
+            return example
+    return _decode_example_by_reader(data, version)
+
+
+def _decode_example_by_reader(data: bytes, version: int) -> Example:
+    """``decode_example`` of any bytes, through ``_Reader`` (``StateDecodeError`` for bytes that
+    are not an example)."""
     r = _Reader(data)
     timestamp = r.i64()
     entity = r.text()
@@ -368,6 +378,73 @@ def decode_example(data: bytes) -> Example:
         source = bytes(r.take(r.varint()))
     correction = _F64.unpack(r.take(8))[0] if version >= 3 else 0.0
     r.done()
+    return Example(entity, timestamp, uid, label, weight, offset, tuple(features), source, correction)
+
+
+def _decode_example_by_offsets(data: bytes, version: int) -> Optional[Example]:
+    """``decode_example`` of the usual bytes (names, terms, entity and uid under 128 bytes, a record
+    under 16 KiB), read by offsets into the bytes: about twice as fast as ``_Reader``, which
+    ``decode_example`` falls back to for anything else (other lengths, or bytes that are not a whole
+    example: it then says what is wrong). None in those cases."""
+    end = len(data)
+    try:
+        timestamp = _I64.unpack_from(data, 1)[0]
+        n = data[9]
+        p = 10 + n
+        if n >= 0x80 or p > end:
+            return None
+        entity = data[10:p].decode()
+        if data[p]:
+            n = data[p + 1]
+            q = p + 2 + n
+            if n >= 0x80 or q > end:
+                return None
+            uid = data[p + 2:q].decode()
+            p = q
+        else:
+            uid = None
+            p += 1
+        label, weight, offset = _F64x3.unpack_from(data, p)
+        count = _U32.unpack_from(data, p + 24)[0]
+        p += 28
+        features = []
+        for _ in range(count):
+            n = data[p]
+            q = p + 1 + n
+            if n >= 0x80 or q > end:
+                return None
+            name = data[p + 1:q].decode()
+            n = data[q]
+            p = q + 1 + n
+            if n >= 0x80 or p > end:
+                return None
+            features.append((name, data[q + 1:p].decode(), _F64.unpack_from(data, p)[0]))
+            p += 8
+        source = None
+        if version >= 2:
+            p += 1
+            if data[p - 1]:
+                n = data[p]  # the record's length, a varint of one or two bytes here
+                if n < 0x80:
+                    p += 1
+                else:
+                    high = data[p + 1]
+                    if high >= 0x80:
+                        return None
+                    n = (n & 0x7F) | (high << 7)
+                    p += 2
+                if p + n > end:
+                    return None
+                source = data[p:p + n]
+                p += n
+        correction = 0.0
+        if version >= 3:
+            correction = _F64.unpack_from(data, p)[0]
+            p += 8
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    if p != end:
+        return None
     return Example(entity, timestamp, uid, label, weight, offset, tuple(features), source, correction)
 
 
