@@ -47,8 +47,9 @@ class _BinaryLabels(LabelRule):
         return value == 1.0 or value == 0.0 or value == -1.0
 
     def accepts_array(self, y: np.ndarray) -> np.ndarray:
-        # y^3 - y vanishes exactly on {-1, 0, 1} (and is NaN for NaN): one vectorised check.
-        return (y * y - 1.0) * y == 0.0
+        # |y| is 1, or y is 0: false for NaN and infinities, and no product to overflow (a label of
+        # 1e200 is rejected without a warning).
+        return (y == 0.0) | (np.abs(y) == 1.0)
 
 
 class _RealLabels(LabelRule):

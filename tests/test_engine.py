@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from scipy.optimize import minimize
 
 import lambda_core
 from lambda_core import (
+    BINARY,
     COUNT,
     FORGETTING_TARGETS,
     GAUSSIAN,
@@ -71,6 +73,13 @@ def test_plain_python_terms_are_the_vectorised_terms(family):
 
 def test_label_rules():
     assert LOGISTIC.small_labels([0.5]) is None and POISSON.small_labels([-1.0]) is None
+    labels = np.array([0.0, 1.0, -1.0, -0.0, 0.5, 2.0, -2.0, 1e200, -1e200, np.inf, -np.inf, np.nan, 1e-300])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on huge labels
+        accepted = BINARY.accepts_array(labels)
+    assert accepted.tolist() == [BINARY.accepts(v) for v in labels.tolist()] == [True] * 4 + [False] * 9
+    with pytest.raises(ValueError, match=r"Logistic labels must be in \{0, 1\} or \{-1, \+1\}; got 1e\+200"):
+        LOGISTIC.labels(np.array([1.0, 1e200]))
     assert POISSON.small_labels([0.0, 3.0, 2.5]) == [0.0, 3.0, 2.5]
     with pytest.raises(ValueError, match="Poisson labels must be finite numbers >= 0"):
         POISSON.labels(np.array([1.0, -2.0]))
