@@ -184,7 +184,9 @@ def _update_small(rows, labels, weights, offsets, mean, precisions, d, family, p
     theta0 += [0.0] * (d - d_old)
     precision = [penalty] * d_old if precisions is None else precisions.tolist()
     precision += [penalty] * (d - d_old)
-    # The prior of ``QuadraticPrior.sequential`` on lists: its forgetting rule, without its arrays.
+    # The prior of ``QuadraticPrior.sequential`` on lists: its forgetting rule (arrays only for target
+    # "initial" with a reference). For target "variance" the anchor is theta0 itself, which is only
+    # read from here on.
     ridge, anchor = forgetting_pull(theta0, penalty, delta, target, reference)
     ridge = ridge.tolist() if isinstance(ridge, np.ndarray) else [float(ridge)] * d
     if isinstance(anchor, np.ndarray):

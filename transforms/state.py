@@ -362,7 +362,7 @@ def decode_example(data: bytes) -> Example:
 
 def _decode_example_by_reader(data: bytes, version: int) -> Example:
     """``decode_example`` of any bytes, through ``_Reader`` (``StateDecodeError`` for bytes that
-    are not an example)."""
+    are not an example, ``UnicodeDecodeError`` for text in it that is not UTF-8)."""
     r = _Reader(data)
     timestamp = r.i64()
     entity = r.text()
