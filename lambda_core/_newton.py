@@ -122,9 +122,8 @@ class DesignMatrix:
             return self.X.T @ (self.X * d2[:, None])
         if self._XT is None:
             self._XT = _csr_object(self.shape[::-1], self._csr_t)
-        scaled = sparse.csr_matrix(
-            (self.X.data * np.repeat(d2, np.diff(self.X.indptr)), self.X.indices, self.X.indptr), shape=self.X.shape
-        )
+        indptr, indices, data = self._csr
+        scaled = _csr_object(self.shape, (indptr, indices, data * np.repeat(d2, np.diff(indptr))))
         return (self._XT @ scaled).toarray()
 
     def squared_column_dot(self, d2: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ from .state import (
     encode_model,
     example_timestamp,
     is_packed,
+    repack,
 )
 from .update import GLOBAL_MODEL_ID, UpdateConfig, as_global_model, correct_due, train_due
 from .worker import tune_garbage_collection
@@ -167,7 +168,7 @@ def take_due(buffer, fired: Timestamp, flush_all: bool) -> Tuple[Dict[int, list]
     """Split the buffer at a firing: ``({interval end: examples}, entries kept)``; the due intervals
     (ending at or before the firing, or all of them with ``flush_all``) leave the buffer, decoded.
     The single entries kept for a later interval go back as one packed entry per interval
-    (``state.buffer_entry``) and packed entries go back as they are, so that an interval waiting
+    (``state.repack``) and packed entries go back as they are, so that an interval waiting
     through many firings is not read and written back example by example at each."""
     now_ms = fired.micros // 1000
     due, keep, loose = defaultdict(list), [], defaultdict(list)
@@ -180,7 +181,7 @@ def take_due(buffer, fired: Timestamp, flush_all: bool) -> Tuple[Dict[int, list]
         else:
             loose[end].append(entry)
     for end, entries in loose.items():
-        keep.append(entries[0] if len(entries) == 1 else buffer_entry(end, [e[8:] for e in entries]))
+        keep.append(repack(end, entries))
     buffer.clear()
     for entry in keep:
         buffer.add(entry)

@@ -467,6 +467,10 @@ def decode_example_group(data: bytes) -> List[bytes]:
     return members
 
 
+_PACKED = b"\xf0"  # after a buffer entry's mini-batch end: the entry packs several examples
+_END_BYTES = _I64.size  # a buffer entry starts with its mini-batch end
+
+
 def buffer_entry(batch_end_ms: int, encoded_examples: Sequence[bytes]) -> bytes:
     """Buffered examples of one mini-batch as one entry: its end, then the encoded example, or for
     several, 0xF0 and their example group (a packed entry)."""
@@ -474,22 +478,26 @@ def buffer_entry(batch_end_ms: int, encoded_examples: Sequence[bytes]) -> bytes:
         raise TypeError("buffer_entry takes a sequence of encoded examples, not one example's bytes.")
     if len(encoded_examples) == 1:
         return _I64.pack(batch_end_ms) + encoded_examples[0]
-    return _I64.pack(batch_end_ms) + b"\xf0" + encode_example_group(encoded_examples)
+    return _I64.pack(batch_end_ms) + _PACKED + encode_example_group(encoded_examples)
 
 
-_PACKED = 0xF0  # after a buffer entry's mini-batch end: the entry packs several examples
+def repack(batch_end_ms: int, entries: Sequence[bytes]) -> bytes:
+    """Single (not packed) buffer entries of one mini-batch as one entry (``buffer_entry``)."""
+    if len(entries) == 1:
+        return entries[0]
+    return buffer_entry(batch_end_ms, [entry[_END_BYTES:] for entry in entries])
 
 
 def is_packed(entry: bytes) -> bool:
     """Whether a buffer entry packs several examples (``buffer_entry``)."""
-    return entry[8] == _PACKED
+    return entry[_END_BYTES] == _PACKED[0]
 
 
 def buffered_examples(entry: bytes) -> List[Example]:
     """The examples of a buffer entry: its one example, or a packed entry's."""
     if is_packed(entry):
-        return [decode_example(e) for e in decode_example_group(entry[9:])]
-    return [decode_example(entry[8:])]
+        return [decode_example(e) for e in decode_example_group(entry[_END_BYTES + 1:])]
+    return [decode_example(entry[_END_BYTES:])]
 
 
 def buffer_batch_end(entry: bytes) -> int:
