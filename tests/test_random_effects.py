@@ -627,6 +627,38 @@ def test_parse_steps_set_event_time_from_the_record_and_initial_models_at_min_ti
     p.run().wait_until_finish()
 
 
+def test_examples_for_the_global_stage_go_as_groups_stamped_with_their_earliest_event_time(monkeypatch):
+    import transforms.random_effects as random_effects
+    from transforms.random_effects import ParseExamplesFn
+    from transforms.state import decode_example, decode_example_group
+
+    monkeypatch.setattr(random_effects, "GLOBAL_GROUP_SIZE", 3)
+    times = [T0 + 5_000, T0 + 1_000, T0 + 9_000, T0 + 70_000, T0 + 2_000, T0 + 61_000, T0 + 3_000]
+    records = [rec(f"u{i % 3}", ts, f"x{i}", float(i % 2)) for i, ts in enumerate(times)]
+
+    def unpack(element, ts=beam.DoFn.TimestampParam):
+        key, payload = element
+        check(payload[:1] == b"G", f"not a group: {payload[:1]!r}")
+        members = [decode_example(m) for m in decode_example_group(payload[1:])]
+        return key, ts, [(m.uid, m.timestamp_ms) for m in members]
+
+    p = TestPipeline(options=PipelineOptions(streaming=False), blocking=True)
+    groups = (p | beam.Create(records, reshuffle=False)
+              | beam.ParDo(ParseExamplesFn(ExampleParser("userId", "timestamp"), key="global")) | beam.Map(unpack))
+
+    def every_example_once_in_groups_of_at_most_three(got):
+        uids = sorted(uid for _, _, members in got for uid, _ in members)
+        check(uids == sorted(r["uid"] for r in records), f"examples in the groups: {uids}")
+        for key, ts, members in got:
+            check(key == "global" and 1 <= len(members) <= 3, f"group {key} of {len(members)}")
+            earliest = min(t for _, t in members)
+            check(ts == Timestamp(micros=earliest * 1000), f"group stamped {ts}, earliest example {earliest}")
+        check(len(got) >= 3, f"{len(got)} groups for 7 examples in groups of at most 3")
+
+    assert_that(groups, every_example_once_in_groups_of_at_most_three)
+    p.run().wait_until_finish()
+
+
 # --------------------------------------------------------------------------------------------------
 # 5. late examples are trained later, never dropped, and counted
 

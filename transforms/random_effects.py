@@ -16,8 +16,9 @@ from apache_beam.coders import BytesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.transforms.window import GlobalWindows, TimestampedValue
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from . import progress
 from .examples import DeadLetter, ExampleParser
@@ -49,6 +50,8 @@ from .worker import tune_garbage_collection
 NAMESPACE = "lambda_learner"
 DEAD_LETTERS, VALIDATION, GLOBAL_UPDATES = "dead_letters", "validation", "global_updates"
 NO_MARKS = (0, 0)  # an entity's flush marks before its first example: nothing flushed, no timer set
+#: At most this many examples pass from parsing to the global correction stage as one element.
+GLOBAL_GROUP_SIZE = 500
 
 
 def count_dead_letter(dead: DeadLetter) -> None:
@@ -64,6 +67,10 @@ class ParseExamplesFn(beam.DoFn):
     Blank lines (empty or whitespace) are layout, not records: they are skipped and counted as
     ``blank_lines``, as every other reader of JSON lines here skips them. A ``DeadLetter`` from the
     read step (a file that could not be read) passes through to the dead letters.
+
+    With ``key`` (the global correction stage's one key) the examples of a bundle go out as example
+    groups of at most ``GLOBAL_GROUP_SIZE``, each stamped with the earliest event time in it; the
+    stage buffers each example for its own interval, so the result is that of one element each.
     """
 
     def __init__(self, parser: ExampleParser, key: Optional[str] = None):
@@ -93,7 +100,34 @@ class ParseExamplesFn(beam.DoFn):
             return
         self.valid.inc()
         encoded = encode_example(parsed)
-        yield TimestampedValue((self.key or parsed.entity_id, EXAMPLE_TAG + encoded), parsed.timestamp_ms / 1000.0)
+        if self.key is None:
+            yield TimestampedValue((parsed.entity_id, EXAMPLE_TAG + encoded), parsed.timestamp_ms / 1000.0)
+            return
+        # Every example goes to the one key of the global correction stage: a bundle's examples go as
+        # groups (a stateful call, state read and shuffle record per group, not per example).
+        self._group.append(encoded)
+        if self._earliest_ms is None or parsed.timestamp_ms < self._earliest_ms:
+            self._earliest_ms = parsed.timestamp_ms
+        if len(self._group) >= GLOBAL_GROUP_SIZE:
+            value, earliest_ms = self._take_group()
+            yield TimestampedValue(value, earliest_ms / 1000.0)
+
+    def start_bundle(self):
+        self._group, self._earliest_ms = [], None
+
+    def finish_bundle(self):
+        if self._group:
+            value, earliest_ms = self._take_group()
+            yield WindowedValue(value, Timestamp(micros=earliest_ms * 1000), (GlobalWindow(),))
+
+    def _take_group(self) -> Tuple[Tuple[str, bytes], int]:
+        """(the examples grouped so far as one element for the global stage, the earliest event time
+        among them), emptying the group. Stamped with that time and sent within the bundle that read
+        them, a group cannot be passed by the watermark before the stage has its examples."""
+        value = (self.key, GROUP_TAG + encode_example_group(self._group))
+        earliest_ms = self._earliest_ms
+        self._group, self._earliest_ms = [], None
+        return value, earliest_ms
 
 
 class ParseModelsFn(beam.DoFn):
@@ -222,6 +256,20 @@ class _IntervalStageFn(beam.DoFn):
         self.flush_all_due = flush_all_due
         self.hold_to_wall_clock = hold_to_wall_clock
 
+    def take_in(self, payload: bytes, buffer, model_state, marks_state, flush) -> None:
+        """An element's payload into the stage's state: an initial model (``MODEL_TAG``) merged into
+        the model cell, or one example (``EXAMPLE_TAG``) or a group of them (``GROUP_TAG``)
+        buffered (``buffer_examples``); counted in the subclass's ``initial`` and ``late``."""
+        tag = payload[:1]
+        if tag == MODEL_TAG:
+            merge_initial_model(model_state, payload)
+            self.initial.inc()
+            return
+        examples = decode_example_group(payload[1:]) if tag == GROUP_TAG else (payload[1:],)
+        late = buffer_examples(self.config, examples, buffer, marks_state, flush)
+        if late:
+            self.late.inc(late)
+
 
 class UpdateRandomEffectsFn(_IntervalStageFn):
     """Buffers each entity's examples by mini-batch interval and trains them in interval order.
@@ -270,17 +318,8 @@ class UpdateRandomEffectsFn(_IntervalStageFn):
 
     def process(self, element, buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
                 marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
-        entity, payload = element
-        tag = payload[:1]
-        if tag == MODEL_TAG:
-            merge_initial_model(model_state, payload)
-            self.initial.inc()
-            return
-        # One example (from parsing), or an entity's examples from the global correction stage.
-        examples = decode_example_group(payload[1:]) if tag == GROUP_TAG else (payload[1:],)
-        late = buffer_examples(self.config, examples, buffer, marks_state, flush)
-        if late:
-            self.late.inc(late)
+        # An initial model, one example (from parsing), or an entity's examples from the global stage.
+        self.take_in(element[1], buffer, model_state, marks_state, flush)
 
     @on_timer(FLUSH)
     def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
@@ -350,13 +389,8 @@ class GlobalCorrectionFn(_IntervalStageFn):
 
     def process(self, element, buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
                 marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
-        _, payload = element
-        if payload[:1] == MODEL_TAG:
-            merge_initial_model(model_state, payload)
-            self.initial.inc()
-            return
-        if buffer_examples(self.config, (payload[1:],), buffer, marks_state, flush):
-            self.late.inc()
+        # The initial global model, or a group of examples from parsing.
+        self.take_in(element[1], buffer, model_state, marks_state, flush)
 
     @on_timer(FLUSH)
     def on_flush(self, fired=beam.DoFn.TimestampParam, buffer=beam.DoFn.StateParam(BUFFER),
