@@ -110,7 +110,7 @@ class ParseExamplesFn(beam.DoFn):
             self._earliest_ms = parsed.timestamp_ms
         if len(self._group) >= GLOBAL_GROUP_SIZE:
             value, earliest_ms = self._take_group()
-            yield TimestampedValue(value, earliest_ms / 1000.0)
+            yield TimestampedValue(value, Timestamp(micros=earliest_ms * 1000))
 
     def start_bundle(self):
         self._group, self._earliest_ms = [], None
