@@ -362,8 +362,8 @@ class GlobalCorrectionFn(_IntervalStageFn):
     trained interval by interval on every example, whose score raises each example's offset
     before its entity sees it.
 
-    Input is keyed by one constant (``GLOBAL_MODEL_ID``): every example, and the global model to
-    start from at MIN_TIMESTAMP. State and timer are the entity stage's (a bag of buffered
+    Input is keyed by one constant (``GLOBAL_MODEL_ID``): every example, in example groups from
+    parsing (``ParseExamplesFn``), and the global model to start from at MIN_TIMESTAMP. State and timer are the entity stage's (a bag of buffered
     examples, the model, the flush marks; ``buffer_examples``, ``take_due``, ``rearm``), so late
     examples join the next interval here too. When the watermark passes an interval's end, its
     examples are scored with the global model as it stands (trained on the intervals before) and
