@@ -109,25 +109,23 @@ class ParseExamplesFn(beam.DoFn):
         if self._earliest_ms is None or parsed.timestamp_ms < self._earliest_ms:
             self._earliest_ms = parsed.timestamp_ms
         if len(self._group) >= GLOBAL_GROUP_SIZE:
-            value, earliest_ms = self._take_group()
-            yield TimestampedValue(value, Timestamp(micros=earliest_ms * 1000))
+            yield TimestampedValue(*self._take_group())
 
     def start_bundle(self):
         self._group, self._earliest_ms = [], None
 
     def finish_bundle(self):
         if self._group:
-            value, earliest_ms = self._take_group()
-            yield WindowedValue(value, Timestamp(micros=earliest_ms * 1000), (GlobalWindow(),))
+            yield WindowedValue(*self._take_group(), (GlobalWindow(),))
 
-    def _take_group(self) -> Tuple[Tuple[str, bytes], int]:
+    def _take_group(self) -> Tuple[Tuple[str, bytes], Timestamp]:
         """(the examples grouped so far as one element for the global stage, the earliest event time
         among them), emptying the group. Stamped with that time and sent within the bundle that read
         them, a group cannot be passed by the watermark before the stage has its examples."""
         value = (self.key, GROUP_TAG + encode_example_group(self._group))
-        earliest_ms = self._earliest_ms
+        earliest = Timestamp(micros=self._earliest_ms * 1000)
         self._group, self._earliest_ms = [], None
-        return value, earliest_ms
+        return value, earliest
 
 
 class ParseModelsFn(beam.DoFn):
