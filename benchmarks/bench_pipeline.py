@@ -113,17 +113,24 @@ def job_command(data, output, *extra, module="pipeline"):
             "--timestamp-field", "ts", "--minibatch-seconds", "60", *extra]
 
 
-def run_child(cmd, show_stderr=False):
-    """(wall seconds, peak RSS in MB) of one child process; exits with its stderr if it fails."""
+def run_child_usage(cmd, show_stderr=False, cwd=ROOT):
+    """(wall seconds, ``resource`` usage) of one child process started in ``cwd``; exits with its
+    stderr if it fails."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=None if show_stderr else err)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=None if show_stderr else err)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
     if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{stderr[-2000:]}")
+        sys.exit(f"command failed in {cwd}: {' '.join(cmd)}\n{stderr[-2000:]}")
+    return seconds, usage
+
+
+def run_child(cmd, show_stderr=False):
+    """(wall seconds, peak RSS in MB) of one child process; exits with its stderr if it fails."""
+    seconds, usage = run_child_usage(cmd, show_stderr)
     return seconds, usage.ru_maxrss / 1024
 
 
