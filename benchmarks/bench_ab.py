@@ -37,20 +37,12 @@ _RUN_FIELDS = {"seconds", "outputs", "input", "output", "options", "command", "u
 
 
 def _avro_records(directory):
-    import fastavro
+    from transforms.formats import iter_avro
 
     records = []
     for path in sorted(glob.glob(os.path.join(directory, "**", "*.avro"), recursive=True)):
-        with open(path, "rb") as f:
-            records.extend(fastavro.reader(f))
+        records.extend(iter_avro(path))
     return sorted(json.dumps(r, sort_keys=True) for r in records)
-
-
-def _json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def compare_outputs(a, b):
@@ -61,9 +53,12 @@ def compare_outputs(a, b):
     for what, sub in AVRO_OUTPUTS.items():
         ra, rb = _avro_records(os.path.join(a, sub)), _avro_records(os.path.join(b, sub))
         result[what] = (len(ra), len(rb), ra == rb)
-    va, vb = _json(os.path.join(a, "progressive-validation.json")), _json(os.path.join(b, "progressive-validation.json"))
-    result["validation"] = (int(va is not None), int(vb is not None), va == vb)
-    sa, sb = _json(os.path.join(a, "summary.json")) or {}, _json(os.path.join(b, "summary.json")) or {}
+    # The job's own reader of its JSON reports (an empty dict when there is none).
+    from pipeline.job import SUMMARY_FILE, VALIDATION_FILE, read_validation
+
+    va, vb = (read_validation(os.path.join(d, VALIDATION_FILE)) for d in (a, b))
+    result["validation"] = (int(bool(va)), int(bool(vb)), va == vb)
+    sa, sb = (read_validation(os.path.join(d, SUMMARY_FILE)) for d in (a, b))
     sa, sb = ({k: v for k, v in s.items() if k not in _RUN_FIELDS} for s in (sa, sb))
     result["summary"] = (len(sa), len(sb), sa == sb)
     return result

@@ -361,8 +361,9 @@ class GlobalCorrectionFn(_IntervalStageFn):
     before its entity sees it.
 
     Input is keyed by one constant (``GLOBAL_MODEL_ID``): every example, in example groups from
-    parsing (``ParseExamplesFn``), and the global model to start from at MIN_TIMESTAMP. State and timer are the entity stage's (a bag of buffered
-    examples, the model, the flush marks; ``buffer_examples``, ``take_due``, ``rearm``), so late
+    parsing (``ParseExamplesFn``), and the global model to start from at MIN_TIMESTAMP. State and
+    timer are the entity stage's (a bag of buffered examples, the model, the flush marks;
+    ``take_in``, ``buffer_examples``, ``take_due``, ``rearm``), so late
     examples join the next interval here too. When the watermark passes an interval's end, its
     examples are scored with the global model as it stands (trained on the intervals before) and
     passed on, each with that score as its ``correction``, as one element per entity (an example
