@@ -301,6 +301,7 @@ def test_a_watch_on_the_local_runner_keeps_a_live_mini_batch_open_until_it_ends(
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr[-3000:]
     assert "closes each mini-batch when the clock passes its end" in stderr
+    assert "holds every update back until the watch stops" in stderr  # the global correction is on by default
     updates = updates_by_entity(tmp_path / "out")["u1"]
     assert [u["numExamples"] for u in updates] == [3]
 
