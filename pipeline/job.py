@@ -326,8 +326,9 @@ LOCAL_WATCH_NOTE = ("note: on Beam's Python local runner, --watch closes each mi
                     "(the runner does not wait for the watch's watermark) and writes a file per bundle, not per "
                     "--output-window-seconds; see the README, \"Freshness\".")
 LOCAL_WATCH_CORRECTION_NOTE = ("note: with the global correction, Beam's Python local runner holds every update back until "
-                               "the watch stops (the Reshuffle between the global and the entity stage is a grouping that "
-                               "runner releases only then); for live update files there add --global-correction none; "
+                               "the watch stops (measured; likely the Reshuffle between the global and the entity stage, a "
+                               "grouping that runner releases only then); for live update files there add "
+                               "--global-correction none; "
                                "see the README, \"Freshness\".")
 
 
