@@ -325,11 +325,6 @@ LOCAL_RUNNERS = _DEFAULT_RUNNERS + ("FnApiRunner", "BundleBasedDirectRunner", "S
 LOCAL_WATCH_NOTE = ("note: on Beam's Python local runner, --watch closes each mini-batch when the clock passes its end "
                     "(the runner does not wait for the watch's watermark) and writes a file per bundle, not per "
                     "--output-window-seconds; see the README, \"Freshness\".")
-LOCAL_WATCH_CORRECTION_NOTE = ("note: with the global correction, Beam's Python local runner holds every update back until "
-                               "the watch stops (measured; likely the Reshuffle between the global and the entity stage, a "
-                               "grouping that runner releases only then); for live update files there add "
-                               "--global-correction none; "
-                               "see the README, \"Freshness\".")
 
 
 def choose_local_runner(options: PipelineOptions) -> None:
@@ -362,8 +357,6 @@ def run(options: PipelineOptions, wait: bool = True):
             print(note, file=sys.stderr)
         if watches_on_local_runner(options):
             print(LOCAL_WATCH_NOTE, file=sys.stderr)
-            if update_config(options.view_as(LambdaLearnerOptions)).corrects:
-                print(LOCAL_WATCH_CORRECTION_NOTE, file=sys.stderr)
     disable_local_state_cache()
     progress.enable(options.view_as(LambdaLearnerOptions).progress_seconds)
     try:

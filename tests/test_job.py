@@ -301,9 +301,46 @@ def test_a_watch_on_the_local_runner_keeps_a_live_mini_batch_open_until_it_ends(
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr[-3000:]
     assert "closes each mini-batch when the clock passes its end" in stderr
-    assert "holds every update back until the watch stops" in stderr  # the global correction is on by default
     updates = updates_by_entity(tmp_path / "out")["u1"]
     assert [u["numExamples"] for u in updates] == [3]
+
+
+def test_a_watch_with_the_global_correction_writes_updates_while_it_runs(tmp_path):
+    """The global correction is on by default, and its stage and the entities' are fused on the local
+    runner: an update of a mini-batch that closed is in a finalised file before the watch stops (a
+    fusion break there held every update back until the end)."""
+    import time
+
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    updates_dir = tmp_path / "out" / "updates"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--input", str(watched / "*.jsonl"), "--output", str(tmp_path / "out"),
+         "--entity-field", "userId", "--timestamp-field", "timestamp", "--minibatch-seconds", "2", "--watch",
+         "--watch-interval-seconds", "1", "--watch-duration-seconds", "120", "--output-window-seconds", "1",
+         "--streaming"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(8)  # the job's start-up
+        now_ms = int(time.time() * 1000)
+        lines = [json.dumps({"uid": f"live-{i}", "userId": f"u{i % 2}", "timestamp": now_ms, "label": i % 2,
+                             "offset": 0.0, "features": [{"name": "f", "term": str(i), "value": 1.0}]})
+                 for i in range(4)]
+        (watched / "a.jsonl.tmp").write_text("\n".join(lines) + "\n")
+        os.rename(watched / "a.jsonl.tmp", watched / "a.jsonl")
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            if updates_dir.is_dir() and any(n.startswith("updates-") for n in os.listdir(updates_dir)):
+                break
+            time.sleep(0.2)
+        running = proc.poll() is None
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate(timeout=60)
+    assert running, stderr[-3000:]
+    updates = [u for us in updates_by_entity(tmp_path / "out").values() for u in us]
+    assert sorted(u["modelId"] for u in updates) == ["u0", "u1"]
+    assert sum(u["numExamples"] for u in updates) == 4
 
 
 @pytest.mark.parametrize("mode", ["batch", "streaming"])

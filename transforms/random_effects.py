@@ -236,12 +236,14 @@ def rearm(due: Dict[int, list], keep: list, marks_state, flush) -> None:
     marks_state.write((flushed_until, next_end))
 
 
-def interval_stage_state():
+def interval_stage_state(timer_name: str):
     """The state and timer of an interval stage, new specs for each DoFn class (a timer spec holds its
     callback): the buffer (bag of entries), the model (``EntityState``), the flush marks, the flush
-    timer (event time)."""
+    timer (event time) named ``timer_name``. Each stage names its timer differently: Beam's local
+    runner files a fused stage's timers by timer name alone, so two stages with one name fused
+    together receive each other's timers (measured: with both named "flush", no entity trained)."""
     return (BagStateSpec("buffer", BytesCoder()), ReadModifyWriteStateSpec("model", EntityStateCoder()),
-            ReadModifyWriteStateSpec("flushed_until", FlushMarksCoder()), TimerSpec("flush", TimeDomain.WATERMARK))
+            ReadModifyWriteStateSpec("flushed_until", FlushMarksCoder()), TimerSpec(timer_name, TimeDomain.WATERMARK))
 
 
 class _IntervalStageFn(beam.DoFn):
@@ -298,7 +300,7 @@ class UpdateRandomEffectsFn(_IntervalStageFn):
     "duplicate" instead of being trained again. Only successfully trained uids are remembered.
     """
 
-    BUFFER, MODEL, MARKS, FLUSH = interval_stage_state()
+    BUFFER, MODEL, MARKS, FLUSH = interval_stage_state("flush")
 
     def setup(self):
         tune_garbage_collection()
@@ -376,7 +378,7 @@ class GlobalCorrectionFn(_IntervalStageFn):
     examples go on to their entities, whose stage dead-letters what it cannot train.
     """
 
-    BUFFER, MODEL, MARKS, FLUSH = interval_stage_state()
+    BUFFER, MODEL, MARKS, FLUSH = interval_stage_state("global_flush")
 
     def setup(self):
         tune_garbage_collection()
@@ -492,12 +494,6 @@ class UpdateRandomEffects(beam.PTransform):
                                                          "InitialModelRecords", dead)
             keyed.append(models)
         entity_input = keyed | "FlattenExamplesAndModels" >> beam.Flatten()
-        if global_updates is not None:
-            # A fusion break between the two stateful stages: fused, Beam's local runner loses the
-            # timers the entities' stage sets while the global stage's timer emits (no entity ever
-            # trained). After the Flatten, because Flink's batch translation rejects a Flatten fed
-            # by a Reshuffle ("exactly one producing PTransformNode").
-            entity_input = entity_input | "ToEntities" >> beam.Reshuffle()
         trained = (
             entity_input
             | "UpdatePerEntity" >> beam.ParDo(
