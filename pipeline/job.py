@@ -7,7 +7,7 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -325,6 +325,19 @@ LOCAL_RUNNERS = _DEFAULT_RUNNERS + ("FnApiRunner", "BundleBasedDirectRunner", "S
 LOCAL_WATCH_NOTE = ("note: on Beam's Python local runner, --watch closes each mini-batch when the clock passes its end "
                     "(the runner does not wait for the watch's watermark) and writes a file per bundle, not per "
                     "--output-window-seconds; see the README, \"Freshness\".")
+LOCAL_WATCH_INITIAL_MODELS_NOTE = ("note: with --initial-models, Beam's Python local runner writes no update of a --watch "
+                                   "until the watch stops (it joins the two inputs in a step of its own, whose output it "
+                                   "hands on only at the end); see the README, \"Freshness\".")
+
+
+def local_watch_notes(options: PipelineOptions) -> List[str]:
+    """The lines the job prints when it starts a watch on Beam's Python local runner (none otherwise)."""
+    if not watches_on_local_runner(options):
+        return []
+    notes = [LOCAL_WATCH_NOTE]
+    if options.view_as(LambdaLearnerOptions).initial_models:
+        notes.append(LOCAL_WATCH_INITIAL_MODELS_NOTE)
+    return notes
 
 
 def choose_local_runner(options: PipelineOptions) -> None:
@@ -355,8 +368,8 @@ def run(options: PipelineOptions, wait: bool = True):
         note = restart_note(options.view_as(LambdaLearnerOptions))
         if note:
             print(note, file=sys.stderr)
-        if watches_on_local_runner(options):
-            print(LOCAL_WATCH_NOTE, file=sys.stderr)
+        for line in local_watch_notes(options):
+            print(line, file=sys.stderr)
     disable_local_state_cache()
     progress.enable(options.view_as(LambdaLearnerOptions).progress_seconds)
     try:

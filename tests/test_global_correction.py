@@ -118,8 +118,9 @@ def test_the_batch_job_with_a_global_correction_equals_the_replay_in_any_number_
 
 @pytest.mark.parametrize("mode", ["batch", "streaming"])
 def test_without_initial_models_every_example_still_reaches_its_entity(tmp_path, mode):
-    """Nothing between the two stages to break Beam's fusion of them (the initial models' Flatten
-    did, in the other tests): the local runner then lost the entities' timers, and no entity trained."""
+    """Without initial models nothing comes between the two stages (the initial models' Flatten does,
+    in the other tests), so the local runner fuses them: with one timer name for both it handed the
+    entities' timers to the global stage's callback, and no entity trained."""
     examples, inputs = make_inputs(tmp_path / "in", num_users=15, hours=0.5, seed=4)
     run_job(inputs, tmp_path / "job", *GLOBAL, *(["--streaming"] if mode == "streaming" else []), with_models=False)
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())

@@ -343,6 +343,20 @@ def test_a_watch_with_the_global_correction_writes_updates_while_it_runs(tmp_pat
     assert sum(u["numExamples"] for u in updates) == 4
 
 
+def test_a_local_watch_with_initial_models_says_its_updates_wait_for_the_end():
+    """Measured: with --initial-models a local --watch wrote no update file in 40 s of a live feed,
+    with the global correction and without (the join of the two inputs is a stage of its own there)."""
+    from pipeline.job import LOCAL_WATCH_INITIAL_MODELS_NOTE, LOCAL_WATCH_NOTE, local_watch_notes
+    from pipeline.options import parse_options
+
+    base = ["--input", "in/*.jsonl", "--output", "o", "--entity-field", "u", "--timestamp-field", "t", "--streaming"]
+    assert local_watch_notes(parse_options(base)) == []
+    assert local_watch_notes(parse_options(base + ["--watch"])) == [LOCAL_WATCH_NOTE]
+    assert local_watch_notes(parse_options(base + ["--watch", "--initial-models", "m/"])) == [
+        LOCAL_WATCH_NOTE, LOCAL_WATCH_INITIAL_MODELS_NOTE]
+    assert local_watch_notes(parse_options(base + ["--watch", "--initial-models", "m/", "--runner=PortableRunner"])) == []
+
+
 @pytest.mark.parametrize("mode", ["batch", "streaming"])
 def test_replaying_the_same_file_twice_gives_the_same_models_as_once(batch_run, tmp_path, mode):
     """At-least-once sources redeliver: a second copy of every example is a 'duplicate' dead letter."""
