@@ -274,29 +274,46 @@ def test_watch_picks_up_files_that_arrive_while_the_job_runs(tmp_path):
     assert {u["modelId"] for u in updates} >= {e["userId"] for e in later}
 
 
+def start_local_watch(tmp_path, *flags):
+    """``python -m pipeline --watch --streaming`` on the local runner, following ``tmp_path/watched``
+    (created) and writing to ``tmp_path/out``: (process, watched directory)."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--input", str(watched / "*.jsonl"), "--output", str(tmp_path / "out"),
+         "--entity-field", "userId", "--timestamp-field", "timestamp", "--watch", "--watch-interval-seconds", "1",
+         "--streaming", *flags],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, watched
+
+
+def drop_live_examples(watched, name, users, first=0):
+    """A file of one live example (event time: now) per entry of ``users``, appearing atomically; the
+    ``first + i``-th is labelled ``(first + i) % 2``."""
+    import time
+
+    now_ms = int(time.time() * 1000)
+    lines = [json.dumps({"uid": f"{name}-{i}", "userId": user, "timestamp": now_ms, "label": (first + i) % 2,
+                         "offset": 0.0, "features": [{"name": "f", "term": f"{name}{i}", "value": 1.0}]})
+             for i, user in enumerate(users)]
+    (watched / f"{name}.jsonl.tmp").write_text("\n".join(lines) + "\n")
+    os.rename(watched / f"{name}.jsonl.tmp", watched / f"{name}.jsonl")
+
+
 def test_a_watch_on_the_local_runner_keeps_a_live_mini_batch_open_until_it_ends(tmp_path):
     """Beam's local runner fires the flush timer as soon as an example arrives; the job holds the
     mini-batch until the clock passes its end (here: until the watch stops), so three live examples
     arriving in three polls are one update, not three (the second and third trained as late)."""
     import time
 
-    watched = tmp_path / "watched"
-    watched.mkdir()
     hour_ms = 3_600_000
     if hour_ms - time.time() * 1000 % hour_ms < 90_000:  # all three examples must fall in one hour
         time.sleep(hour_ms / 1000 - time.time() % (hour_ms / 1000) + 1)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--input", str(watched / "*.jsonl"), "--output", str(tmp_path / "out"),
-         "--entity-field", "userId", "--timestamp-field", "timestamp", "--minibatch-seconds", "3600", "--watch",
-         "--watch-interval-seconds", "1", "--watch-duration-seconds", "30", "--output-window-seconds", "5",
-         "--streaming"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, watched = start_local_watch(tmp_path, "--minibatch-seconds", "3600", "--watch-duration-seconds", "30",
+                                      "--output-window-seconds", "5")
     time.sleep(8)  # the job's start-up: the examples should arrive in separate polls
     for i in range(3):
-        example = {"uid": f"live-{i}", "userId": "u1", "timestamp": int(time.time() * 1000), "label": i % 2,
-                   "offset": 0.0, "features": [{"name": "f", "term": str(i), "value": 1.0}]}
-        (watched / f"{i}.jsonl.tmp").write_text(json.dumps(example) + "\n")
-        os.rename(watched / f"{i}.jsonl.tmp", watched / f"{i}.jsonl")
+        drop_live_examples(watched, str(i), ["u1"], first=i)
         time.sleep(3)
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr[-3000:]
@@ -311,33 +328,23 @@ def test_a_watch_with_the_global_correction_writes_updates_while_it_runs(tmp_pat
     fusion break there held every update back until the end)."""
     import time
 
-    watched = tmp_path / "watched"
-    watched.mkdir()
+    proc, watched = start_local_watch(tmp_path, "--minibatch-seconds", "2", "--watch-duration-seconds", "120",
+                                      "--output-window-seconds", "1")
     updates_dir = tmp_path / "out" / "updates"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--input", str(watched / "*.jsonl"), "--output", str(tmp_path / "out"),
-         "--entity-field", "userId", "--timestamp-field", "timestamp", "--minibatch-seconds", "2", "--watch",
-         "--watch-interval-seconds", "1", "--watch-duration-seconds", "120", "--output-window-seconds", "1",
-         "--streaming"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen_while_running = False
     try:
         time.sleep(8)  # the job's start-up
-        now_ms = int(time.time() * 1000)
-        lines = [json.dumps({"uid": f"live-{i}", "userId": f"u{i % 2}", "timestamp": now_ms, "label": i % 2,
-                             "offset": 0.0, "features": [{"name": "f", "term": str(i), "value": 1.0}]})
-                 for i in range(4)]
-        (watched / "a.jsonl.tmp").write_text("\n".join(lines) + "\n")
-        os.rename(watched / "a.jsonl.tmp", watched / "a.jsonl")
+        drop_live_examples(watched, "live", ["u0", "u1", "u0", "u1"])
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:
             if updates_dir.is_dir() and any(n.startswith("updates-") for n in os.listdir(updates_dir)):
+                seen_while_running = proc.poll() is None
                 break
             time.sleep(0.2)
-        running = proc.poll() is None
     finally:
         proc.kill()
         _, stderr = proc.communicate(timeout=60)
-    assert running, stderr[-3000:]
+    assert seen_while_running, stderr[-3000:]
     updates = [u for us in updates_by_entity(tmp_path / "out").values() for u in us]
     assert sorted(u["modelId"] for u in updates) == ["u0", "u1"]
     assert sum(u["numExamples"] for u in updates) == 4
