@@ -7,7 +7,7 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -110,11 +110,14 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
 
     # Beam's local runner fires timers before a watch's watermark passes them, and holds windowed
     # files back until the watch stops: there mini-batches close by the clock, and files are per bundle.
+    # FnApiRunner also hands a Flatten of two inputs on only at the end, so a watch's initial models
+    # reach the stages as a side input there (its stage ordering has them ready before any example).
     local_watch = watches_on_local_runner(options)
     out = records | "UpdateRandomEffects" >> UpdateRandomEffects(
         o.entity_field, o.timestamp_field, config=update_config(o), initial_models=initial,
         max_features=o.max_features, max_model_coefficients=o.max_model_coefficients, streaming=streaming,
-        hold_to_wall_clock=local_watch, initial_global_model=initial_global)
+        hold_to_wall_clock=local_watch, initial_global_model=initial_global,
+        models_as_side_input=local_watch and options.view_as(StandardOptions).runner == "FnApiRunner")
 
     paths = {
         "updates": FileSystems.join(o.output, "updates"),
@@ -325,19 +328,6 @@ LOCAL_RUNNERS = _DEFAULT_RUNNERS + ("FnApiRunner", "BundleBasedDirectRunner", "S
 LOCAL_WATCH_NOTE = ("note: on Beam's Python local runner, --watch closes each mini-batch when the clock passes its end "
                     "(the runner does not wait for the watch's watermark) and writes a file per bundle, not per "
                     "--output-window-seconds; see the README, \"Freshness\".")
-LOCAL_WATCH_INITIAL_MODELS_NOTE = ("note: with --initial-models, Beam's Python local runner writes no update of a --watch "
-                                   "until the watch stops (it joins the two inputs in a step of its own, whose output it "
-                                   "hands on only at the end); see the README, \"Freshness\".")
-
-
-def local_watch_notes(options: PipelineOptions) -> List[str]:
-    """The lines the job prints when it starts a watch on Beam's Python local runner (none otherwise)."""
-    if not watches_on_local_runner(options):
-        return []
-    notes = [LOCAL_WATCH_NOTE]
-    if options.view_as(LambdaLearnerOptions).initial_models:
-        notes.append(LOCAL_WATCH_INITIAL_MODELS_NOTE)
-    return notes
 
 
 def choose_local_runner(options: PipelineOptions) -> None:
@@ -368,8 +358,8 @@ def run(options: PipelineOptions, wait: bool = True):
         note = restart_note(options.view_as(LambdaLearnerOptions))
         if note:
             print(note, file=sys.stderr)
-        for line in local_watch_notes(options):
-            print(line, file=sys.stderr)
+        if watches_on_local_runner(options):
+            print(LOCAL_WATCH_NOTE, file=sys.stderr)
     disable_local_state_cache()
     progress.enable(options.view_as(LambdaLearnerOptions).progress_seconds)
     try:

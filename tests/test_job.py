@@ -322,22 +322,37 @@ def test_a_watch_on_the_local_runner_keeps_a_live_mini_batch_open_until_it_ends(
     assert [u["numExamples"] for u in updates] == [3]
 
 
-def test_a_watch_with_the_global_correction_writes_updates_while_it_runs(tmp_path):
+@pytest.mark.parametrize("with_models", [False, True])
+def test_a_watch_with_the_global_correction_writes_updates_while_it_runs(tmp_path, with_models):
     """The global correction is on by default, and its stage and the entities' are fused on the local
     runner: an update of a mini-batch that closed is in a finalised file before the watch stops (a
-    fusion break there held every update back until the end)."""
+    fusion break there held every update back until the end). With initial models too, which reach
+    the stages as a side input there (a Flatten with them held every update back as well), and are
+    the prior of the first update (its version follows theirs): an entity's and the global model."""
     import time
 
+    flags = []
+    if with_models:
+        models = tmp_path / "models.jsonl"
+        write_json_lines(str(models), [{
+            "modelId": "u0", "modelClass": "com.linkedin.photon.ml.supervised.classification.LogisticRegressionModel",
+            "means": [{"name": "(INTERCEPT)", "term": "", "value": 0.5}],
+            "variances": [{"name": "(INTERCEPT)", "term": "", "value": 0.1}], "lossFunction": "", "version": 7}])
+        global_model = tmp_path / "global.jsonl"
+        write_json_lines(str(global_model), [{
+            "modelId": "global", "means": [{"name": "f", "term": "live0", "value": 0.2}],
+            "variances": [{"name": "f", "term": "live0", "value": 0.01}], "version": 4}])
+        flags = ["--initial-models", str(models), "--initial-global-model", str(global_model)]
     proc, watched = start_local_watch(tmp_path, "--minibatch-seconds", "2", "--watch-duration-seconds", "120",
-                                      "--output-window-seconds", "1")
-    updates_dir = tmp_path / "out" / "updates"
+                                      "--output-window-seconds", "1", *flags)
+    written = [(tmp_path / "out" / "updates", "updates-"), (tmp_path / "out" / "global-updates", "global-updates-")]
     seen_while_running = False
     try:
         time.sleep(8)  # the job's start-up
         drop_live_examples(watched, "live", ["u0", "u1", "u0", "u1"])
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:
-            if updates_dir.is_dir() and any(n.startswith("updates-") for n in os.listdir(updates_dir)):
+            if all(d.is_dir() and any(n.startswith(prefix) for n in os.listdir(d)) for d, prefix in written):
                 seen_while_running = proc.poll() is None
                 break
             time.sleep(0.2)
@@ -348,20 +363,9 @@ def test_a_watch_with_the_global_correction_writes_updates_while_it_runs(tmp_pat
     updates = [u for us in updates_by_entity(tmp_path / "out").values() for u in us]
     assert sorted(u["modelId"] for u in updates) == ["u0", "u1"]
     assert sum(u["numExamples"] for u in updates) == 4
-
-
-def test_a_local_watch_with_initial_models_says_its_updates_wait_for_the_end():
-    """Measured: with --initial-models a local --watch wrote no update file in 40 s of a live feed,
-    with the global correction and without (the join of the two inputs is a stage of its own there)."""
-    from pipeline.job import LOCAL_WATCH_INITIAL_MODELS_NOTE, LOCAL_WATCH_NOTE, local_watch_notes
-    from pipeline.options import parse_options
-
-    base = ["--input", "in/*.jsonl", "--output", "o", "--entity-field", "u", "--timestamp-field", "t", "--streaming"]
-    assert local_watch_notes(parse_options(base)) == []
-    assert local_watch_notes(parse_options(base + ["--watch"])) == [LOCAL_WATCH_NOTE]
-    assert local_watch_notes(parse_options(base + ["--watch", "--initial-models", "m/"])) == [
-        LOCAL_WATCH_NOTE, LOCAL_WATCH_INITIAL_MODELS_NOTE]
-    assert local_watch_notes(parse_options(base + ["--watch", "--initial-models", "m/", "--runner=PortableRunner"])) == []
+    assert {u["modelId"]: u["version"] for u in updates} == {"u0": 8 if with_models else 1, "u1": 1}
+    global_updates = read_avro_dir(str(tmp_path / "out" / "global-updates" / "*.avro"))
+    assert [g["version"] for g in global_updates] == [5 if with_models else 1]
 
 
 @pytest.mark.parametrize("mode", ["batch", "streaming"])

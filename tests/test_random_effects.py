@@ -5,6 +5,7 @@ Every Beam result is compared with a plain-Python replay of ``transforms.update.
 epoch-aligned interval, sorted by (timestamp, uid), split into chunks, trained in order.
 """
 
+import json
 import math
 import random
 from collections import defaultdict
@@ -143,21 +144,23 @@ def replay(records, cfg, initial_records=()):
     return updates, validation, failures, models
 
 
-def run(records, cfg, *, initial_models=None, streaming_events=None, checks=()):
-    """Run UpdateRandomEffects on the DirectRunner; return (outputs by name, pipeline result).
+def run(records, cfg, *, initial_models=None, streaming_events=None, checks=(), models_as_side_input=False,
+        runner=None, streaming=None):
+    """Run UpdateRandomEffects on the DirectRunner (or ``runner``); return (outputs by name, pipeline result).
 
     Batch: ``records`` through ``beam.Create`` with ``streaming=False``. Streaming: a TestStream of
-    ``streaming_events`` (a built TestStream) with ``streaming=True``. ``checks`` are
-    (label, output name, matcher) added with ``assert_that``.
+    ``streaming_events`` (a built TestStream) with ``streaming=True``, or with ``streaming=True``
+    and no events, ``records`` through ``beam.Create`` (a bounded input in streaming mode, as the
+    job reads files). ``checks`` are (label, output name, matcher) added with ``assert_that``.
     """
     _RUNS[0] += 1
     run_id = _RUNS[0]
-    streaming = streaming_events is not None
-    p = TestPipeline(options=PipelineOptions(streaming=streaming), blocking=True)
-    source = p | "Examples" >> (streaming_events if streaming else beam.Create(records, reshuffle=False))
+    streaming = streaming_events is not None or bool(streaming)
+    p = TestPipeline(runner=runner, options=PipelineOptions(streaming=streaming), blocking=True)
+    source = p | "Examples" >> (beam.Create(records, reshuffle=False) if streaming_events is None else streaming_events)
     models = None if initial_models is None else p | "Models" >> beam.Create(initial_models, reshuffle=False)
     out = source | UpdateRandomEffects("userId", "timestamp", initial_models=models, streaming=streaming,
-                                       **transform_kwargs(cfg))
+                                       models_as_side_input=models_as_side_input, **transform_kwargs(cfg))
     for name in ("updates", "dead_letters", "validation") + (("global_updates",) if cfg.corrects else ()):
         _ = getattr(out, name) | f"Collect_{name}" >> beam.Map(_collect, run_id, name)
     for label, name, matcher in checks:
@@ -436,6 +439,35 @@ def test_streaming_equals_batch_whatever_arrival_order_and_bundles():
 
     run(records, cfg, initial_models=initial, streaming_events=stream_by_interval(records, 300, seed=8),
         checks=[("SameAsBatch", "updates", same_as_batch)])
+
+
+@pytest.mark.parametrize("correction", ["none", "independent"])
+@pytest.mark.parametrize("mode", ["batch", "streaming"])
+def test_initial_models_through_a_side_input_give_the_same_outputs(per_bundle_metrics, mode, correction):
+    """The local watch's way in for initial models (``models_as_side_input``, used on FnApiRunner
+    only) against the Flatten, both on FnApiRunner: the same updates, validation, dead letters and
+    counts, batch and streaming, with the global correction and without; two records of one entity
+    included (the newer is kept either way)."""
+    stream = ClickStream(StreamConfig(num_users=12, hours=1.0, seed=23))
+    records = list(stream.examples())
+    initial = list(stream.initial_models())
+    initial.append(dict(initial[0], means=[dict(m, value=m["value"] + 0.5) for m in initial[0]["means"]]))
+    cfg = config(minibatch_seconds=300, global_correction=correction)
+    streaming = mode == "streaming"
+    results = []
+    for side in (False, True):
+        outputs, result = run(records, cfg, initial_models=initial, models_as_side_input=side, runner="FnApiRunner",
+                              streaming=streaming)
+        counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]
+                    if c.key.metric.namespace == "lambda_learner"}
+        results.append((sorted(update_key(u) for u in outputs["updates"]),
+                        sorted(json.dumps(v, sort_keys=True) for v in outputs["validation"]),
+                        sorted(json.dumps(d, sort_keys=True) for d in outputs["dead_letters"]),
+                        {k: v for k, v in counters.items() if k in ("updates", "initial_models", "cold_start_entities",
+                                                                    "examples_trained", "global_updates")}))
+    flattened, through_side = results
+    assert flattened[0] and flattened[3]["initial_models"] == len(initial)
+    assert through_side == flattened
 
 
 # --------------------------------------------------------------------------------------------------

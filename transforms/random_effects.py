@@ -131,11 +131,17 @@ class ParseExamplesFn(beam.DoFn):
 class ParseModelsFn(beam.DoFn):
     """Raw model record (an Avro dict or a JSON line) -> ``(entity, encoded model)`` at
     MIN_TIMESTAMP, or a dead letter (a line that is not JSON is one, with the line as text).
-    ``rename`` (the global correction's ``as_global_model``) maps each model first."""
+    ``rename`` (the global correction's ``as_global_model``) maps each model first. Valid models
+    are counted here, in the counter ``counter`` (every one reaches its stage, as an element or
+    through the side input)."""
 
-    def __init__(self, parser: ModelParser, rename=None):
+    def __init__(self, parser: ModelParser, rename=None, counter: str = "initial_models"):
         self.parser = parser
         self.rename = rename
+        self.counter = counter
+
+    def setup(self):
+        self.loaded = Metrics.counter(NAMESPACE, self.counter)
 
     def process(self, record):
         if isinstance(record, DeadLetter):
@@ -151,6 +157,7 @@ class ParseModelsFn(beam.DoFn):
             return
         if self.rename is not None:
             parsed = self.rename(parsed)
+        self.loaded.inc()
         yield TimestampedValue((parsed.entity_id, MODEL_TAG + encode_model(parsed)), MIN_TIMESTAMP)
 
 
@@ -256,15 +263,27 @@ class _IntervalStageFn(beam.DoFn):
         self.flush_all_due = flush_all_due
         self.hold_to_wall_clock = hold_to_wall_clock
 
-    def take_in(self, payload: bytes, buffer, model_state, marks_state, flush) -> None:
+    def take_in(self, key: str, payload: bytes, buffer, model_state, marks_state, flush,
+                initial_models=None) -> None:
         """An element's payload into the stage's state: an initial model (``MODEL_TAG``) merged into
         the model cell, or one example (``EXAMPLE_TAG``) or a group of them (``GROUP_TAG``)
-        buffered (``buffer_examples``); counted in the subclass's ``initial`` and ``late``."""
+        buffered (``buffer_examples``; late ones counted in the subclass's ``late``).
+
+        ``initial_models`` (a side input, ``key -> [MODEL_TAG + encoded model, ...]``) is the other
+        way initial models arrive (``UpdateRandomEffects``, ``models_as_side_input``): a key's are
+        merged before its first element is buffered (no flush marks yet), so they are in the model
+        cell before any of its mini-batches trains, as those sent as elements are."""
         tag = payload[:1]
         if tag == MODEL_TAG:
             merge_initial_model(model_state, payload)
-            self.initial.inc()
             return
+        if initial_models is not None and marks_state.read() is None:
+            try:  # Beam's portable runners give a lazy multimap (an empty list for a missing key), others a dict
+                payloads = initial_models[key]
+            except KeyError:
+                payloads = ()
+            for model_payload in payloads:
+                merge_initial_model(model_state, model_payload)
         examples = decode_example_group(payload[1:]) if tag == GROUP_TAG else (payload[1:],)
         late = buffer_examples(self.config, examples, buffer, marks_state, flush)
         if late:
@@ -309,7 +328,6 @@ class UpdateRandomEffectsFn(_IntervalStageFn):
         self.trained = Metrics.counter(NAMESPACE, "examples_trained")
         self.failed = Metrics.counter(NAMESPACE, "failed_updates")
         self.failed_examples = Metrics.counter(NAMESPACE, "examples_failed")
-        self.initial = Metrics.counter(NAMESPACE, "initial_models")
         self.cold = Metrics.counter(NAMESPACE, "cold_start_entities")
         self.duplicates = Metrics.counter(NAMESPACE, "duplicates")
         self.batch_size = Metrics.distribution(NAMESPACE, "minibatch_size")
@@ -317,9 +335,9 @@ class UpdateRandomEffectsFn(_IntervalStageFn):
         self.latency_ms = Metrics.distribution(NAMESPACE, "update_latency_ms")
 
     def process(self, element, buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
-                marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
+                marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH), initial_models=None):
         # An initial model, one example (from parsing), or an entity's examples from the global stage.
-        self.take_in(element[1], buffer, model_state, marks_state, flush)
+        self.take_in(element[0], element[1], buffer, model_state, marks_state, flush, initial_models)
 
     @on_timer(FLUSH)
     def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
@@ -386,12 +404,11 @@ class GlobalCorrectionFn(_IntervalStageFn):
         self.failed = Metrics.counter(NAMESPACE, "global_failed_updates")
         self.late = Metrics.counter(NAMESPACE, "global_late_examples")
         self.train_micros = Metrics.distribution(NAMESPACE, "global_update_train_micros")
-        self.initial = Metrics.counter(NAMESPACE, "global_initial_models")
 
     def process(self, element, buffer=beam.DoFn.StateParam(BUFFER), model_state=beam.DoFn.StateParam(MODEL),
-                marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH)):
+                marks_state=beam.DoFn.StateParam(MARKS), flush=beam.DoFn.TimerParam(FLUSH), initial_models=None):
         # The initial global model, or a group of examples from parsing.
-        self.take_in(element[1], buffer, model_state, marks_state, flush)
+        self.take_in(element[0], element[1], buffer, model_state, marks_state, flush, initial_models)
 
     @on_timer(FLUSH)
     def on_flush(self, fired=beam.DoFn.TimestampParam, buffer=beam.DoFn.StateParam(BUFFER),
@@ -449,7 +466,10 @@ class UpdateRandomEffects(beam.PTransform):
     (an ``UpdateConfig``, e.g. with the forgetting options) replaces those parameters.
     ``hold_to_wall_clock`` (a watched directory on Beam's local runner, whose timers fire before
     the watermark passes them) keeps a mini-batch open until the clock passes its end, or the
-    watch stops. With the global correction (``config.corrects``), a global correction stage
+    watch stops. ``models_as_side_input`` (the same local watch) hands the initial models to the
+    stages as a side input instead of flattening them with the examples: that runner runs a
+    Flatten of two inputs as a step of its own and passes its output on only at the end, so a
+    watch would write no update until it stopped; the models are the same. With the global correction (``config.corrects``), a global correction stage
     (``GlobalCorrectionFn``) comes first; ``initial_global_model`` (raw model records; the newest
     is used) is the global model it starts from."""
 
@@ -460,7 +480,8 @@ class UpdateRandomEffects(beam.PTransform):
                  coordinate: Optional[str] = None, max_features: int = 1000, max_model_coefficients: int = 100_000,
                  dedup_horizon_seconds: float = UpdateConfig.dedup_horizon_seconds, streaming: bool = True,
                  config: Optional[UpdateConfig] = None, hold_to_wall_clock: bool = False,
-                 initial_global_model=None, global_correction: str = UpdateConfig.global_correction):
+                 initial_global_model=None, global_correction: str = UpdateConfig.global_correction,
+                 models_as_side_input: bool = False):
         super().__init__()
         if config is None:
             config = UpdateConfig(trainer=trainer, penalty=penalty, forgetting_factor=forgetting_factor,
@@ -477,6 +498,7 @@ class UpdateRandomEffects(beam.PTransform):
             raise ValueError("an initial global model needs the global correction (global_correction).")
         self.streaming = streaming
         self.hold_to_wall_clock = hold_to_wall_clock
+        self.models_as_side_input = models_as_side_input
 
     def expand(self, examples):
         key = GLOBAL_MODEL_ID if self.config.corrects else None  # the global correction's stage comes first
@@ -493,12 +515,12 @@ class UpdateRandomEffects(beam.PTransform):
             models, initial_records = self._parse_models(self.initial_models, self.model_parser, "ParseInitialModels",
                                                          "InitialModelRecords", dead)
             keyed.append(models)
-        entity_input = keyed | "FlattenExamplesAndModels" >> beam.Flatten()
+        entity_input, side = self._join_models(keyed, "FlattenExamplesAndModels")
         trained = (
             entity_input
             | "UpdatePerEntity" >> beam.ParDo(
                 UpdateRandomEffectsFn(self.config, flush_all_due=not self.streaming,
-                                      hold_to_wall_clock=self.hold_to_wall_clock)).with_output_types(
+                                      hold_to_wall_clock=self.hold_to_wall_clock), **side).with_output_types(
                 Dict[str, Any]).with_outputs(
                 DEAD_LETTERS, VALIDATION, main="updates")
         )
@@ -507,11 +529,22 @@ class UpdateRandomEffects(beam.PTransform):
         return RandomEffectOutputs(trained.updates, dead_letters, trained[VALIDATION], initial_records,
                                    global_updates, initial_global)
 
+    def _join_models(self, keyed: list, label: str):
+        """(an interval stage's input, its side inputs) from ``[examples]`` or ``[examples, initial
+        models]``: the two flattened into one input, or with ``models_as_side_input`` the examples
+        alone and the models as the side input ``take_in`` merges from (``AsMultiMap``: every
+        record of a key)."""
+        if len(keyed) == 1:
+            return keyed[0], {}
+        if self.models_as_side_input:
+            return keyed[0], {"initial_models": beam.pvalue.AsMultiMap(keyed[1])}
+        return keyed | label >> beam.Flatten(), {}
+
     def _parse_models(self, records, parser: ModelParser, parse_label: str, records_label: str, dead: list,
-                      rename=None):
+                      rename=None, counter: str = "initial_models"):
         """Raw model records -> (``(id, encoded model)`` at MIN_TIMESTAMP, the valid ones as model
         records for the snapshot); their dead letters join ``dead``."""
-        models = records | parse_label >> beam.ParDo(ParseModelsFn(parser, rename)).with_output_types(
+        models = records | parse_label >> beam.ParDo(ParseModelsFn(parser, rename, counter)).with_output_types(
             Tuple[str, bytes]).with_outputs(DEAD_LETTERS, main="models")
         dead.append(models[DEAD_LETTERS])
         trainer = self.config.trainer
@@ -529,14 +562,15 @@ class UpdateRandomEffects(beam.PTransform):
             # Whatever its record's id, the initial model is the global model (``as_global_model``).
             models, initial_records = self._parse_models(
                 self.initial_global_model, ModelParser(self.config.global_penalty, self.model_parser.max_coefficients),
-                "ParseInitialGlobalModel", "InitialGlobalModelRecords", dead, rename=as_global_model)
+                "ParseInitialGlobalModel", "InitialGlobalModelRecords", dead, rename=as_global_model,
+                counter="global_initial_models")
             keyed.append(models)
+        stage_input, side = self._join_models(keyed, "FlattenExamplesAndGlobalModel")
         corrected = (
-            keyed
-            | "FlattenExamplesAndGlobalModel" >> beam.Flatten()
+            stage_input
             | "GlobalCorrection" >> beam.ParDo(
                 GlobalCorrectionFn(self.config, flush_all_due=not self.streaming,
-                                   hold_to_wall_clock=self.hold_to_wall_clock)).with_output_types(
+                                   hold_to_wall_clock=self.hold_to_wall_clock), **side).with_output_types(
                 Tuple[str, bytes]).with_outputs(GLOBAL_UPDATES, main="examples")
         )
         return corrected.examples, corrected[GLOBAL_UPDATES], initial_records
