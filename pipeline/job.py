@@ -126,7 +126,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
     out.updates | "WriteUpdates" >> WriteRecords(
         paths["updates"], "updates", ".avro", lambda _: AvroSink("ModelUpdateAvro"), streaming,
         o.output_window_seconds, unbounded=not bounded, per_bundle=local_watch)
-    out.dead_letters | "WriteDeadLetters" >> WriteRecords(
+    (out.dead_letter_parts if local_watch else out.dead_letters) | "WriteDeadLetters" >> WriteRecords(
         paths["dead_letters"], "dead-letter", ".jsonl", lambda _: JsonLinesSink(), streaming,
         o.output_window_seconds, unbounded=not bounded, per_bundle=local_watch)
     if out.global_updates is not None:

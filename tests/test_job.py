@@ -287,16 +287,16 @@ def start_local_watch(tmp_path, *flags):
     return proc, watched
 
 
-def drop_live_examples(watched, name, users, first=0):
-    """A file of one live example (event time: now) per entry of ``users``, appearing atomically; the
-    ``first + i``-th is labelled ``(first + i) % 2``."""
+def drop_live_examples(watched, name, users, first=0, bad_lines=()):
+    """A file of one live example (event time: now) per entry of ``users``, then ``bad_lines``,
+    appearing atomically; the ``first + i``-th example is labelled ``(first + i) % 2``."""
     import time
 
     now_ms = int(time.time() * 1000)
     lines = [json.dumps({"uid": f"{name}-{i}", "userId": user, "timestamp": now_ms, "label": (first + i) % 2,
                          "offset": 0.0, "features": [{"name": "f", "term": f"{name}{i}", "value": 1.0}]})
              for i, user in enumerate(users)]
-    (watched / f"{name}.jsonl.tmp").write_text("\n".join(lines) + "\n")
+    (watched / f"{name}.jsonl.tmp").write_text("\n".join(lines + list(bad_lines)) + "\n")
     os.rename(watched / f"{name}.jsonl.tmp", watched / f"{name}.jsonl")
 
 
@@ -328,7 +328,8 @@ def test_a_watch_with_the_global_correction_writes_updates_while_it_runs(tmp_pat
     runner: an update of a mini-batch that closed is in a finalised file before the watch stops (a
     fusion break there held every update back until the end). With initial models too, which reach
     the stages as a side input there (a Flatten with them held every update back as well), and are
-    the prior of the first update (its version follows theirs): an entity's and the global model."""
+    the prior of the first update (its version follows theirs): an entity's and the global model.
+    Dead letters too, which come from several steps and are written step by step there."""
     import time
 
     flags = []
@@ -345,11 +346,13 @@ def test_a_watch_with_the_global_correction_writes_updates_while_it_runs(tmp_pat
         flags = ["--initial-models", str(models), "--initial-global-model", str(global_model)]
     proc, watched = start_local_watch(tmp_path, "--minibatch-seconds", "2", "--watch-duration-seconds", "120",
                                       "--output-window-seconds", "1", *flags)
-    written = [(tmp_path / "out" / "updates", "updates-"), (tmp_path / "out" / "global-updates", "global-updates-")]
+    out = tmp_path / "out"
+    written = [(out / "updates", "updates-"), (out / "global-updates", "global-updates-"),
+               (out / "dead-letter", "dead-letter-")]
     seen_while_running = False
     try:
         time.sleep(8)  # the job's start-up
-        drop_live_examples(watched, "live", ["u0", "u1", "u0", "u1"])
+        drop_live_examples(watched, "live", ["u0", "u1", "u0", "u1"], bad_lines=["not json"])
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:
             if all(d.is_dir() and any(n.startswith(prefix) for n in os.listdir(d)) for d, prefix in written):
@@ -364,8 +367,11 @@ def test_a_watch_with_the_global_correction_writes_updates_while_it_runs(tmp_pat
     assert sorted(u["modelId"] for u in updates) == ["u0", "u1"]
     assert sum(u["numExamples"] for u in updates) == 4
     assert {u["modelId"]: u["version"] for u in updates} == {"u0": 8 if with_models else 1, "u1": 1}
-    global_updates = read_avro_dir(str(tmp_path / "out" / "global-updates" / "*.avro"))
+    global_updates = read_avro_dir(str(out / "global-updates" / "*.avro"))
     assert [g["version"] for g in global_updates] == [5 if with_models else 1]
+    dead = [json.loads(line) for f in sorted((out / "dead-letter").glob("dead-letter-*.jsonl"))
+            for line in f.read_text().splitlines()]
+    assert [d["payload"] for d in dead] == ["not json"]
 
 
 @pytest.mark.parametrize("mode", ["batch", "streaming"])

@@ -288,7 +288,9 @@ class WriteRecords(beam.PTransform):
     In streaming, records are cut into fixed event-time windows of ``window_seconds`` first, so files
     are finalised as the watermark passes each window. ``per_bundle`` (an unbounded job on Beam's
     local runner, which holds that watermark back until the source ends) writes a file per bundle
-    instead, each renamed into place whole.
+    instead, each renamed into place whole. The input is a PCollection or several (a tuple): with
+    ``per_bundle`` each is written on its own, as that runner hands a Flatten of several inputs on
+    only at the end; otherwise they are flattened first.
     """
 
     def __init__(self, directory: str, prefix: str, suffix: str, sink_factory, streaming: bool,
@@ -304,9 +306,13 @@ class WriteRecords(beam.PTransform):
         self.window_seconds = window_seconds
 
     def expand(self, records):
+        parts = records if isinstance(records, tuple) else (records,)
         if self.per_bundle:
-            return records | "WriteEachBundle" >> beam.ParDo(
-                _WriteBundleFiles(self.directory, self.prefix, self.suffix, self.sink_factory))
+            write = _WriteBundleFiles(self.directory, self.prefix, self.suffix, self.sink_factory)
+            return tuple(part | ("WriteEachBundle" if i == 0 else f"WriteEachBundle{i}") >> beam.ParDo(write)
+                         for i, part in enumerate(parts))
+        if len(parts) > 1:
+            records = parts | "Flatten" >> beam.Flatten()
         if self.unbounded:
             # A live source's watermark follows the wall clock while event time may lag far behind
             # it: stamp records with the time they are written (moving forward in time is always

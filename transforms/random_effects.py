@@ -442,9 +442,12 @@ class RandomEffectOutputs:
     """The PCollections ``UpdateRandomEffects`` returns."""
 
     def __init__(self, updates, dead_letters, validation, initial_models, global_updates=None,
-                 initial_global_model=None):
+                 initial_global_model=None, dead_letter_parts=()):
         self.updates = updates
         self.dead_letters = dead_letters
+        #: the PCollections ``dead_letters`` flattens, for a writer that takes them one by one
+        #: (Beam's FnApiRunner hands a Flatten of several inputs on only at the end of a watch)
+        self.dead_letter_parts = tuple(dead_letter_parts)
         self.validation = validation
         #: valid initial models as model records (with ``version``), e.g. for the snapshot
         self.initial_models = initial_models
@@ -527,7 +530,7 @@ class UpdateRandomEffects(beam.PTransform):
         dead.append(trained[DEAD_LETTERS])
         dead_letters = dead | "FlattenDeadLetters" >> beam.Flatten()
         return RandomEffectOutputs(trained.updates, dead_letters, trained[VALIDATION], initial_records,
-                                   global_updates, initial_global)
+                                   global_updates, initial_global, dead)
 
     def _join_models(self, keyed: list, label: str):
         """(an interval stage's input, its side inputs) from ``[examples]`` or ``[examples, initial
