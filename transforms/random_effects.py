@@ -277,7 +277,7 @@ class _IntervalStageFn(beam.DoFn):
         if tag == MODEL_TAG:
             merge_initial_model(model_state, payload)
             return
-        if initial_models is not None and marks_state.read() is None:
+        if initial_models is not None and marks_state.read() is None:  # a second marks read, there only
             try:  # Beam's portable runners give a lazy multimap (an empty list for a missing key), others a dict
                 payloads = initial_models[key]
             except KeyError:
@@ -469,12 +469,13 @@ class UpdateRandomEffects(beam.PTransform):
     (an ``UpdateConfig``, e.g. with the forgetting options) replaces those parameters.
     ``hold_to_wall_clock`` (a watched directory on Beam's local runner, whose timers fire before
     the watermark passes them) keeps a mini-batch open until the clock passes its end, or the
-    watch stops. ``models_as_side_input`` (the same local watch) hands the initial models to the
-    stages as a side input instead of flattening them with the examples: that runner runs a
-    Flatten of two inputs as a step of its own and passes its output on only at the end, so a
-    watch would write no update until it stopped; the models are the same. With the global correction (``config.corrects``), a global correction stage
-    (``GlobalCorrectionFn``) comes first; ``initial_global_model`` (raw model records; the newest
-    is used) is the global model it starts from."""
+    watch stops. ``models_as_side_input`` (the same local watch, on FnApiRunner) hands the initial
+    models to the stages as a side input instead of flattening them with the examples: that
+    runner runs a Flatten of two inputs as a step of its own and passes its output on only at the
+    end, so a watch would write no update until it stopped; the models are the same. With the
+    global correction (``config.corrects``), a global correction stage (``GlobalCorrectionFn``)
+    comes first; ``initial_global_model`` (raw model records; the newest is used) is the global
+    model it starts from."""
 
     def __init__(self, entity_field: str, timestamp_field: str, trainer: str = UpdateConfig.trainer,
                  penalty: float = UpdateConfig.penalty, forgetting_factor: float = UpdateConfig.forgetting_factor,
