@@ -110,14 +110,15 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
 
     # Beam's local runner fires timers before a watch's watermark passes them, and holds windowed
     # files back until the watch stops: there mini-batches close by the clock, and files are per bundle.
-    # FnApiRunner also hands a Flatten of two inputs on only at the end, so a watch's initial models
-    # reach the stages as a side input there (its stage ordering has them ready before any example).
+    # FnApiRunner also hands a Flatten of two inputs on only at the end, so a watch joins no inputs
+    # with one there: initial models reach the stages as a side input (its stage ordering has them
+    # ready before any example) and each step's dead letters are written on their own.
     local_watch = watches_on_local_runner(options)
     out = records | "UpdateRandomEffects" >> UpdateRandomEffects(
         o.entity_field, o.timestamp_field, config=update_config(o), initial_models=initial,
         max_features=o.max_features, max_model_coefficients=o.max_model_coefficients, streaming=streaming,
         hold_to_wall_clock=local_watch, initial_global_model=initial_global,
-        models_as_side_input=local_watch and options.view_as(StandardOptions).runner == "FnApiRunner")
+        without_flattens=local_watch and options.view_as(StandardOptions).runner == "FnApiRunner")
 
     paths = {
         "updates": FileSystems.join(o.output, "updates"),
@@ -126,7 +127,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions) -> Dict[str, Any]:
     out.updates | "WriteUpdates" >> WriteRecords(
         paths["updates"], "updates", ".avro", lambda _: AvroSink("ModelUpdateAvro"), streaming,
         o.output_window_seconds, unbounded=not bounded, per_bundle=local_watch)
-    (out.dead_letter_parts if local_watch else out.dead_letters) | "WriteDeadLetters" >> WriteRecords(
+    (out.dead_letter_parts if out.dead_letters is None else out.dead_letters) | "WriteDeadLetters" >> WriteRecords(
         paths["dead_letters"], "dead-letter", ".jsonl", lambda _: JsonLinesSink(), streaming,
         o.output_window_seconds, unbounded=not bounded, per_bundle=local_watch)
     if out.global_updates is not None:

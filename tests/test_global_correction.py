@@ -116,6 +116,13 @@ def test_the_batch_job_with_a_global_correction_equals_the_replay_in_any_number_
             read_avro_dir(str(job_out / "global-updates" / "*.avro")), key=lambda r: r["version"])
 
 
+def test_the_two_stages_timers_have_different_names():
+    """Beam's local runner files timers by name alone: one name for both and no entity trained."""
+    from transforms.random_effects import GlobalCorrectionFn, UpdateRandomEffectsFn
+
+    assert UpdateRandomEffectsFn.FLUSH.name != GlobalCorrectionFn.FLUSH.name
+
+
 @pytest.mark.parametrize("mode", ["batch", "streaming"])
 def test_without_initial_models_every_example_still_reaches_its_entity(tmp_path, mode):
     """Without initial models nothing comes between the two stages (the initial models' Flatten does,

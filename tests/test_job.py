@@ -276,15 +276,18 @@ def test_watch_picks_up_files_that_arrive_while_the_job_runs(tmp_path):
 
 def start_local_watch(tmp_path, *flags):
     """``python -m pipeline --watch --streaming`` on the local runner, following ``tmp_path/watched``
-    (created) and writing to ``tmp_path/out``: (process, watched directory)."""
+    (created) and writing to ``tmp_path/out``, its stdout and stderr to files (a pipe left unread
+    could fill and stall it): (process, watched directory, a function returning its stderr)."""
     watched = tmp_path / "watched"
     watched.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--input", str(watched / "*.jsonl"), "--output", str(tmp_path / "out"),
-         "--entity-field", "userId", "--timestamp-field", "timestamp", "--watch", "--watch-interval-seconds", "1",
-         "--streaming", *flags],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return proc, watched
+    out_log, err_log = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with open(out_log, "w") as out, open(err_log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "--input", str(watched / "*.jsonl"), "--output", str(tmp_path / "out"),
+             "--entity-field", "userId", "--timestamp-field", "timestamp", "--watch", "--watch-interval-seconds", "1",
+             "--streaming", *flags],
+            cwd=ROOT, stdout=out, stderr=err, text=True)
+    return proc, watched, err_log.read_text
 
 
 def drop_live_examples(watched, name, users, first=0, bad_lines=()):
@@ -309,15 +312,15 @@ def test_a_watch_on_the_local_runner_keeps_a_live_mini_batch_open_until_it_ends(
     hour_ms = 3_600_000
     if hour_ms - time.time() * 1000 % hour_ms < 90_000:  # all three examples must fall in one hour
         time.sleep(hour_ms / 1000 - time.time() % (hour_ms / 1000) + 1)
-    proc, watched = start_local_watch(tmp_path, "--minibatch-seconds", "3600", "--watch-duration-seconds", "30",
-                                      "--output-window-seconds", "5")
+    proc, watched, stderr = start_local_watch(tmp_path, "--minibatch-seconds", "3600", "--watch-duration-seconds",
+                                              "30", "--output-window-seconds", "5")
     time.sleep(8)  # the job's start-up: the examples should arrive in separate polls
     for i in range(3):
         drop_live_examples(watched, str(i), ["u1"], first=i)
         time.sleep(3)
-    stdout, stderr = proc.communicate(timeout=240)
-    assert proc.returncode == 0, stderr[-3000:]
-    assert "closes each mini-batch when the clock passes its end" in stderr
+    proc.wait(timeout=240)
+    assert proc.returncode == 0, stderr()[-3000:]
+    assert "closes each mini-batch when the clock passes its end" in stderr()
     updates = updates_by_entity(tmp_path / "out")["u1"]
     assert [u["numExamples"] for u in updates] == [3]
 
@@ -344,8 +347,8 @@ def test_a_watch_with_the_global_correction_writes_updates_while_it_runs(tmp_pat
             "modelId": "global", "means": [{"name": "f", "term": "live0", "value": 0.2}],
             "variances": [{"name": "f", "term": "live0", "value": 0.01}], "version": 4}])
         flags = ["--initial-models", str(models), "--initial-global-model", str(global_model)]
-    proc, watched = start_local_watch(tmp_path, "--minibatch-seconds", "2", "--watch-duration-seconds", "120",
-                                      "--output-window-seconds", "1", *flags)
+    proc, watched, stderr = start_local_watch(tmp_path, "--minibatch-seconds", "2", "--watch-duration-seconds",
+                                              "120", "--output-window-seconds", "1", *flags)
     out = tmp_path / "out"
     written = [(out / "updates", "updates-"), (out / "global-updates", "global-updates-"),
                (out / "dead-letter", "dead-letter-")]
@@ -361,8 +364,8 @@ def test_a_watch_with_the_global_correction_writes_updates_while_it_runs(tmp_pat
             time.sleep(0.2)
     finally:
         proc.kill()
-        _, stderr = proc.communicate(timeout=60)
-    assert seen_while_running, stderr[-3000:]
+        proc.wait(timeout=60)
+    assert seen_while_running, stderr()[-3000:]
     updates = [u for us in updates_by_entity(tmp_path / "out").values() for u in us]
     assert sorted(u["modelId"] for u in updates) == ["u0", "u1"]
     assert sum(u["numExamples"] for u in updates) == 4

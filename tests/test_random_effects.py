@@ -144,8 +144,8 @@ def replay(records, cfg, initial_records=()):
     return updates, validation, failures, models
 
 
-def run(records, cfg, *, initial_models=None, streaming_events=None, checks=(), models_as_side_input=False,
-        runner=None, streaming=None):
+def run(records, cfg, *, initial_models=None, streaming_events=None, checks=(), without_flattens=False,
+        runner=None, streaming=None, initial_global_model=None):
     """Run UpdateRandomEffects on the DirectRunner (or ``runner``); return (outputs by name, pipeline result).
 
     Batch: ``records`` through ``beam.Create`` with ``streaming=False``. Streaming: a TestStream of
@@ -159,8 +159,12 @@ def run(records, cfg, *, initial_models=None, streaming_events=None, checks=(), 
     p = TestPipeline(runner=runner, options=PipelineOptions(streaming=streaming), blocking=True)
     source = p | "Examples" >> (beam.Create(records, reshuffle=False) if streaming_events is None else streaming_events)
     models = None if initial_models is None else p | "Models" >> beam.Create(initial_models, reshuffle=False)
+    global_model = None if initial_global_model is None else p | "GlobalModel" >> beam.Create(initial_global_model)
     out = source | UpdateRandomEffects("userId", "timestamp", initial_models=models, streaming=streaming,
-                                       models_as_side_input=models_as_side_input, **transform_kwargs(cfg))
+                                       without_flattens=without_flattens, initial_global_model=global_model,
+                                       **transform_kwargs(cfg))
+    if out.dead_letters is None:  # without_flattens: the parts, as the job writes them
+        out.dead_letters = out.dead_letter_parts | "FlattenDeadLetterParts" >> beam.Flatten()
     for name in ("updates", "dead_letters", "validation") + (("global_updates",) if cfg.corrects else ()):
         _ = getattr(out, name) | f"Collect_{name}" >> beam.Map(_collect, run_id, name)
     for label, name, matcher in checks:
@@ -443,31 +447,39 @@ def test_streaming_equals_batch_whatever_arrival_order_and_bundles():
 
 @pytest.mark.parametrize("correction", ["none", "independent"])
 @pytest.mark.parametrize("mode", ["batch", "streaming"])
-def test_initial_models_through_a_side_input_give_the_same_outputs(per_bundle_metrics, mode, correction):
-    """The local watch's way in for initial models (``models_as_side_input``, used on FnApiRunner
-    only) against the Flatten, both on FnApiRunner: the same updates, validation, dead letters and
-    counts, batch and streaming, with the global correction and without; two records of one entity
-    included (the newer is kept either way)."""
+def test_initial_models_through_a_side_input_give_the_same_outputs(mode, correction):
+    """The local watch's way in (``without_flattens``, used on FnApiRunner only: initial models as
+    a side input, dead letters not flattened) against the Flattens, both on FnApiRunner: the same
+    updates, global updates, validation, dead letters and counts, batch and streaming, with the
+    global correction (and an initial global model) and without. Two records of one entity (of one
+    version: the tie is broken by content either way) and a bad model record included."""
     stream = ClickStream(StreamConfig(num_users=12, hours=1.0, seed=23))
     records = list(stream.examples())
     initial = list(stream.initial_models())
     initial.append(dict(initial[0], means=[dict(m, value=m["value"] + 0.5) for m in initial[0]["means"]]))
+    initial.append({"modelId": "u-bad", "means": "not a list"})
     cfg = config(minibatch_seconds=300, global_correction=correction)
-    streaming = mode == "streaming"
+    global_model = None
+    if cfg.corrects:
+        global_model = [{"modelId": "global", "version": 3, "means": [
+            {"name": "(INTERCEPT)", "term": "", "value": -0.2}, {"name": "ad_format", "term": "banner", "value": 0.1}]}]
     results = []
-    for side in (False, True):
-        outputs, result = run(records, cfg, initial_models=initial, models_as_side_input=side, runner="FnApiRunner",
-                              streaming=streaming)
+    for without in (False, True):
+        outputs, result = run(records, cfg, initial_models=initial, without_flattens=without, runner="FnApiRunner",
+                              streaming=mode == "streaming", initial_global_model=global_model)
         counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]
                     if c.key.metric.namespace == "lambda_learner"}
         results.append((sorted(update_key(u) for u in outputs["updates"]),
+                        sorted(update_key(u) for u in outputs.get("global_updates", [])),
                         sorted(json.dumps(v, sort_keys=True) for v in outputs["validation"]),
                         sorted(json.dumps(d, sort_keys=True) for d in outputs["dead_letters"]),
-                        {k: v for k, v in counters.items() if k in ("updates", "initial_models", "cold_start_entities",
+                        {k: v for k, v in counters.items() if k in ("updates", "cold_start_entities",
                                                                     "examples_trained", "global_updates")}))
-    flattened, through_side = results
-    assert flattened[0] and flattened[3]["initial_models"] == len(initial)
-    assert through_side == flattened
+    flattened, without_flattens = results
+    assert flattened[0] and len(flattened[3]) == 1 and flattened[4]["cold_start_entities"] < 12
+    if cfg.corrects:
+        assert flattened[1] and flattened[1][0][1] == 4  # the first global update follows the initial one
+    assert without_flattens == flattened
 
 
 # --------------------------------------------------------------------------------------------------

@@ -132,8 +132,9 @@ class ParseModelsFn(beam.DoFn):
     """Raw model record (an Avro dict or a JSON line) -> ``(entity, encoded model)`` at
     MIN_TIMESTAMP, or a dead letter (a line that is not JSON is one, with the line as text).
     ``rename`` (the global correction's ``as_global_model``) maps each model first. Valid models
-    are counted here, in the counter ``counter`` (every one reaches its stage, as an element or
-    through the side input)."""
+    parsed are counted here, in the counter ``counter``, whichever way they then reach their stage
+    (as elements, or through a side input, where a model whose key never has an example is not
+    merged at all)."""
 
     def __init__(self, parser: ModelParser, rename=None, counter: str = "initial_models"):
         self.parser = parser
@@ -161,13 +162,13 @@ class ParseModelsFn(beam.DoFn):
         yield TimestampedValue((parsed.entity_id, MODEL_TAG + encode_model(parsed)), MIN_TIMESTAMP)
 
 
-def buffer_examples(config: UpdateConfig, encoded_examples, buffer, marks_state, flush) -> int:
+def buffer_examples(config: UpdateConfig, encoded_examples, buffer, marks_state, flush, marks=None) -> int:
     """Buffer encoded examples, each for the interval it joins (``UpdateConfig.minibatch_of``), one
     entry per interval (``state.buffer_entry``), and move the flush timer earlier if one of those
     intervals ends before it; return how many are late. The buffering half of both interval stages
     (the entities' and the global correction's): the flush marks are read once and written at most
-    once, whatever the number of examples."""
-    flushed_until, pending = marks_state.read() or NO_MARKS
+    once, whatever the number of examples (``marks``: as the caller already read them)."""
+    flushed_until, pending = marks if marks is not None else (marks_state.read() or NO_MARKS)
     by_end, late = defaultdict(list), 0
     for encoded in encoded_examples:
         batch_end, is_late = config.minibatch_of(example_timestamp(encoded), flushed_until)
@@ -246,9 +247,9 @@ def rearm(due: Dict[int, list], keep: list, marks_state, flush) -> None:
 def interval_stage_state(timer_name: str):
     """The state and timer of an interval stage, new specs for each DoFn class (a timer spec holds its
     callback): the buffer (bag of entries), the model (``EntityState``), the flush marks, the flush
-    timer (event time) named ``timer_name``. Each stage names its timer differently: Beam's local
-    runner files a fused stage's timers by timer name alone, so two stages with one name fused
-    together receive each other's timers (measured: with both named "flush", no entity trained)."""
+    timer (event time) named ``timer_name``. Timer names must be unique in the pipeline: Beam's
+    local runner files timers by timer name alone, so two stages with one name fused together
+    received each other's timers (measured: with both named "flush", no entity trained)."""
     return (BagStateSpec("buffer", BytesCoder()), ReadModifyWriteStateSpec("model", EntityStateCoder()),
             ReadModifyWriteStateSpec("flushed_until", FlushMarksCoder()), TimerSpec(timer_name, TimeDomain.WATERMARK))
 
@@ -270,22 +271,26 @@ class _IntervalStageFn(beam.DoFn):
         buffered (``buffer_examples``; late ones counted in the subclass's ``late``).
 
         ``initial_models`` (a side input, ``key -> [MODEL_TAG + encoded model, ...]``) is the other
-        way initial models arrive (``UpdateRandomEffects``, ``models_as_side_input``): a key's are
+        way initial models arrive (``UpdateRandomEffects``, ``without_flattens``): a key's are
         merged before its first element is buffered (no flush marks yet), so they are in the model
         cell before any of its mini-batches trains, as those sent as elements are."""
         tag = payload[:1]
         if tag == MODEL_TAG:
             merge_initial_model(model_state, payload)
             return
-        if initial_models is not None and marks_state.read() is None:  # a second marks read, there only
-            try:  # Beam's portable runners give a lazy multimap (an empty list for a missing key), others a dict
-                payloads = initial_models[key]
-            except KeyError:
-                payloads = ()
-            for model_payload in payloads:
-                merge_initial_model(model_state, model_payload)
+        marks = None
+        if initial_models is not None:
+            marks = marks_state.read()
+            if marks is None:  # the key's first element
+                try:  # Beam's portable runners give a lazy multimap (an empty list for a missing key), others a dict
+                    payloads = initial_models[key]
+                except KeyError:
+                    payloads = ()
+                for model_payload in payloads:
+                    merge_initial_model(model_state, model_payload)
+                marks = NO_MARKS
         examples = decode_example_group(payload[1:]) if tag == GROUP_TAG else (payload[1:],)
-        late = buffer_examples(self.config, examples, buffer, marks_state, flush)
+        late = buffer_examples(self.config, examples, buffer, marks_state, flush, marks)
         if late:
             self.late.inc(late)
 
@@ -381,7 +386,8 @@ class GlobalCorrectionFn(_IntervalStageFn):
     before its entity sees it.
 
     Input is keyed by one constant (``GLOBAL_MODEL_ID``): every example, in example groups from
-    parsing (``ParseExamplesFn``), and the global model to start from at MIN_TIMESTAMP. State and
+    parsing (``ParseExamplesFn``), and the global model to start from at MIN_TIMESTAMP (or through
+    the side input ``take_in`` reads, on a local watch). State and
     timer are the entity stage's (a bag of buffered examples, the model, the flush marks;
     ``take_in``, ``buffer_examples``, ``take_due``, ``rearm``), so late
     examples join the next interval here too. When the watermark passes an interval's end, its
@@ -445,8 +451,9 @@ class RandomEffectOutputs:
                  initial_global_model=None, dead_letter_parts=()):
         self.updates = updates
         self.dead_letters = dead_letters
-        #: the PCollections ``dead_letters`` flattens, for a writer that takes them one by one
-        #: (Beam's FnApiRunner hands a Flatten of several inputs on only at the end of a watch)
+        #: the PCollections ``dead_letters`` flattens (None with ``without_flattens``), for a writer
+        #: that takes them one by one (Beam's FnApiRunner hands a Flatten of several inputs on only
+        #: at the end of a watch)
         self.dead_letter_parts = tuple(dead_letter_parts)
         self.validation = validation
         #: valid initial models as model records (with ``version``), e.g. for the snapshot
@@ -469,10 +476,11 @@ class UpdateRandomEffects(beam.PTransform):
     (an ``UpdateConfig``, e.g. with the forgetting options) replaces those parameters.
     ``hold_to_wall_clock`` (a watched directory on Beam's local runner, whose timers fire before
     the watermark passes them) keeps a mini-batch open until the clock passes its end, or the
-    watch stops. ``models_as_side_input`` (the same local watch, on FnApiRunner) hands the initial
-    models to the stages as a side input instead of flattening them with the examples: that
-    runner runs a Flatten of two inputs as a step of its own and passes its output on only at the
-    end, so a watch would write no update until it stopped; the models are the same. With the
+    watch stops. ``without_flattens`` (the same local watch, on FnApiRunner, which runs a Flatten
+    of two inputs as a step of its own and passes its output on only at the end: a watch would
+    write no update until it stopped) joins no inputs with a Flatten: the initial models reach the
+    stages as a side input (the same models), and ``.dead_letters`` is None (write
+    ``.dead_letter_parts`` one by one). With the
     global correction (``config.corrects``), a global correction stage (``GlobalCorrectionFn``)
     comes first; ``initial_global_model`` (raw model records; the newest is used) is the global
     model it starts from."""
@@ -485,7 +493,7 @@ class UpdateRandomEffects(beam.PTransform):
                  dedup_horizon_seconds: float = UpdateConfig.dedup_horizon_seconds, streaming: bool = True,
                  config: Optional[UpdateConfig] = None, hold_to_wall_clock: bool = False,
                  initial_global_model=None, global_correction: str = UpdateConfig.global_correction,
-                 models_as_side_input: bool = False):
+                 without_flattens: bool = False):
         super().__init__()
         if config is None:
             config = UpdateConfig(trainer=trainer, penalty=penalty, forgetting_factor=forgetting_factor,
@@ -502,7 +510,7 @@ class UpdateRandomEffects(beam.PTransform):
             raise ValueError("an initial global model needs the global correction (global_correction).")
         self.streaming = streaming
         self.hold_to_wall_clock = hold_to_wall_clock
-        self.models_as_side_input = models_as_side_input
+        self.without_flattens = without_flattens
 
     def expand(self, examples):
         key = GLOBAL_MODEL_ID if self.config.corrects else None  # the global correction's stage comes first
@@ -529,18 +537,19 @@ class UpdateRandomEffects(beam.PTransform):
                 DEAD_LETTERS, VALIDATION, main="updates")
         )
         dead.append(trained[DEAD_LETTERS])
-        dead_letters = dead | "FlattenDeadLetters" >> beam.Flatten()
+        # Unused, a Flatten would still hold every dead letter on FnApiRunner until the watch ends.
+        dead_letters = None if self.without_flattens else dead | "FlattenDeadLetters" >> beam.Flatten()
         return RandomEffectOutputs(trained.updates, dead_letters, trained[VALIDATION], initial_records,
                                    global_updates, initial_global, dead)
 
     def _join_models(self, keyed: list, label: str):
         """(an interval stage's input, its side inputs) from ``[examples]`` or ``[examples, initial
-        models]``: the two flattened into one input, or with ``models_as_side_input`` the examples
+        models]``: the two flattened into one input, or with ``without_flattens`` the examples
         alone and the models as the side input ``take_in`` merges from (``AsMultiMap``: every
         record of a key)."""
         if len(keyed) == 1:
             return keyed[0], {}
-        if self.models_as_side_input:
+        if self.without_flattens:
             return keyed[0], {"initial_models": beam.pvalue.AsMultiMap(keyed[1])}
         return keyed | label >> beam.Flatten(), {}
 
