@@ -282,11 +282,7 @@ class _IntervalStageFn(beam.DoFn):
         if initial_models is not None:
             marks = marks_state.read()
             if marks is None:  # the key's first element
-                try:  # Beam's portable runners give a lazy multimap (an empty list for a missing key), others a dict
-                    payloads = initial_models[key]
-                except KeyError:
-                    payloads = ()
-                for model_payload in payloads:
+                for model_payload in initial_models[key]:  # FnApiRunner's multimap: [] for a key without models
                     merge_initial_model(model_state, model_payload)
                 marks = NO_MARKS
         examples = decode_example_group(payload[1:]) if tag == GROUP_TAG else (payload[1:],)
